@@ -1,0 +1,48 @@
+"""Exports a run directory for TF Serving.
+
+    python -m export --run_dir D [--output E] [--version V] [--top_k K]
+        [--gallery_manifest M] [--base_path_prefix P]
+
+Writes E/{extractor,manipulator,searcher}/V/ and E/models.config (see flam_tf.serving.export).
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from flam_tf.serving import signatures  # noqa: E402
+
+flags.DEFINE_string("run_dir", None, "Run directory written by `python -m flam_tf.train`.")
+flags.DEFINE_string("output", None, "Export folder; default <run_dir>/export.")
+flags.DEFINE_integer("version", None, "Version to write; default 1 + the highest existing one.")
+flags.DEFINE_integer("top_k", signatures.DEFAULT_TOP_K, "Results per query of the searcher.")
+flags.DEFINE_string("gallery_manifest", None,
+                    "manifest.csv whose images form the searcher's gallery; default the run's "
+                    "features/fam_gallery.npz.")
+flags.DEFINE_string("base_path_prefix", None,
+                    "base_path prefix in models.config, e.g. /models for a container; default the "
+                    "absolute export paths.")
+flags.mark_flag_as_required("run_dir")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from flam_tf.serving import export
+    try:
+        written = export.export_run(FLAGS.run_dir, FLAGS.output, FLAGS.version, FLAGS.top_k,
+                                    FLAGS.gallery_manifest, FLAGS.base_path_prefix)
+    except (OSError, ValueError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    for name, path in written.items():
+        print(f"{name:<14} {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

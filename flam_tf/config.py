@@ -1,0 +1,221 @@
+"""Typed experiment settings and their named presets (smoke, default, paper).
+
+One `ExperimentConfig` holds everything a run needs; `python -m flam_tf.train` picks a preset with
+`--preset` and overrides any field with a flag named `<section>_<field>` (see `--helpfull`). The
+resolved config is written to `<run_dir>/config.json`, and a rerun in the same run directory must
+resolve to the same config (the stages it skips were computed with it).
+"""
+
+import dataclasses
+import json
+from typing import Any, Dict, List, Tuple
+
+STAGES = ("data", "extractor", "features", "embedders", "manipulator", "baselines", "evaluate",
+          "export")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where images come from. `synthetic` fills every role; real sources fill one role each."""
+
+    image_size: int = 64  # square input side of the extractor
+    extractor_source: str = "synthetic"  # synthetic | deepfashion_inshop | deepfashion_c2s
+    extractor_data_dir: str = ""  # data directory of a real extractor_source
+    attribute_source: str = "synthetic"  # synthetic | darn | shopping100k
+    attribute_data_dir: str = ""  # data directory of a real attribute_source
+    unlabelled_manifest: str = ""  # optional manifest of extra unlabelled images (NFD role)
+    num_instances: int = 10000  # synthetic: garments in total
+    entanglement: float = 1.0  # synthetic: attribute entanglement (0 = independent)
+    label_missing_prob: float = 0.3  # synthetic: chance an attribute_train label is missing
+    twins_per_item: int = 1  # synthetic: counterfactual twins per FAM evaluation item
+    top_n_classes: int = 10  # real attribute sources: classes kept per attribute type
+    fam_eval_size: int = 0  # real attribute sources: FAM evaluation images (0 = reader default)
+
+
+@dataclasses.dataclass
+class ExtractorConfig:
+    """Feature extractor: backbone + pooling + projection, CE + triplet on instance ids."""
+
+    backbone: str = "small_cnn"  # small_cnn | resnet50 | densenet121 | inception_resnet_v2 | efficientnet_b0
+    pooling: str = "spoc"  # spoc (the paper's) | mac | gem
+    feature_dim: int = 256  # retrieval feature width D
+    weights: str = ""  # local backbone weights file ("" = random init; nothing is downloaded)
+    num_ce_classes: int = 1000  # cross-entropy over the most frequent instance ids
+    margin: float = 0.2  # triplet margin
+    instances_per_batch: int = 16  # P of a PK batch
+    images_per_instance: int = 4  # K of a PK batch
+    epochs: int = 8
+    steps_per_epoch: int = 100
+    learning_rate: float = 2e-3
+
+
+@dataclasses.dataclass
+class EmbedderConfig:
+    """Attribute-specific embedders phi_a and dictionaries d_a (Eq. 2)."""
+
+    embedding_dim: int = 32  # k
+    hidden_units: int = 256
+    margin: float = 0.2
+    batch_size: int = 256
+    epochs: int = 15
+    learning_rate: float = 1e-3
+
+
+@dataclasses.dataclass
+class ManipulatorConfig:
+    """Query feature manipulator G, D (Eq. 3-5) and the Table 3 switches."""
+
+    matching: str = "M"  # M: target + remaining attributes, S: target only
+    adversarial: bool = True
+    online_sampling: bool = True
+    g_hidden: int = 512
+    d_hidden: int = 512
+    adv_weight: float = 1.0
+    match_weight: float = 10.0
+    cycle_weight: float = 10.0
+    batch_size: int = 256
+    epochs: int = 20
+    g_learning_rate: float = 2e-4
+    d_learning_rate: float = 2e-4
+
+
+@dataclasses.dataclass
+class BaselineConfig:
+    """Cls-Concat and Emb-Concat baselines (Tables 3-4)."""
+
+    block_dim: int = 96  # the paper's 341 (3 x 341 = 1023 ~ its 1024-d feature)
+    batch_size: int = 256
+    epochs: int = 15
+    learning_rate: float = 1e-3
+
+
+@dataclasses.dataclass
+class EvaluationConfig:
+    ablations: bool = False  # also train and report FLAM(S/-/Adv), FLAM(M/-/-), FLAM(M/-/Adv)
+    figure_queries: int = 4  # queries shown in the Figure-2-style grid
+
+
+@dataclasses.dataclass
+class RuntimeConfig:
+    seed: int = 0
+    strategy: str = "default"  # default | mirrored | multi_worker
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    preset: str = "default"
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    extractor: ExtractorConfig = dataclasses.field(default_factory=ExtractorConfig)
+    embedder: EmbedderConfig = dataclasses.field(default_factory=EmbedderConfig)
+    manipulator: ManipulatorConfig = dataclasses.field(default_factory=ManipulatorConfig)
+    baselines: BaselineConfig = dataclasses.field(default_factory=BaselineConfig)
+    evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "ExperimentConfig":
+        sections = {f.name: f.type for f in dataclasses.fields(cls) if f.name != "preset"}
+        kwargs = {"preset": d.get("preset", "default")}
+        for name in sections:
+            section_cls = type(getattr(cls(), name))
+            known = {f.name for f in dataclasses.fields(section_cls)}
+            values = d.get(name, {})
+            unknown = set(values) - known
+            if unknown:
+                raise ValueError(f"Unknown {name} settings {sorted(unknown)}; known: {sorted(known)}")
+            kwargs[name] = section_cls(**values)
+        return cls(**kwargs)
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first bad setting."""
+        if self.manipulator.matching not in ("M", "S"):
+            raise ValueError(f"manipulator.matching must be 'M' or 'S'. "
+                             f"Received: {self.manipulator.matching!r}")
+        if self.runtime.strategy not in ("default", "mirrored", "multi_worker"):
+            raise ValueError(f"Unknown strategy. Received: strategy={self.runtime.strategy!r}")
+        if self.data.extractor_source not in ("synthetic", "deepfashion_inshop", "deepfashion_c2s"):
+            raise ValueError(f"Unknown extractor_source {self.data.extractor_source!r}")
+        if self.data.attribute_source not in ("synthetic", "darn", "shopping100k"):
+            raise ValueError(f"Unknown attribute_source {self.data.attribute_source!r}")
+        for source, directory in ((self.data.extractor_source, self.data.extractor_data_dir),
+                                  (self.data.attribute_source, self.data.attribute_data_dir)):
+            if source != "synthetic" and not directory:
+                raise ValueError(f"data source {source!r} needs its data directory flag")
+        if self.extractor.images_per_instance < 2:
+            raise ValueError("extractor.images_per_instance must be >= 2 for triplet positives")
+
+
+def _smoke() -> ExperimentConfig:
+    c = ExperimentConfig(preset="smoke")
+    c.data = DataConfig(image_size=32, num_instances=360)
+    c.extractor = ExtractorConfig(feature_dim=64, epochs=2, steps_per_epoch=15,
+                                  instances_per_batch=8, images_per_instance=4)
+    c.embedder = EmbedderConfig(hidden_units=64, epochs=3, batch_size=64)
+    c.manipulator = ManipulatorConfig(g_hidden=128, d_hidden=128, epochs=3, batch_size=64)
+    c.baselines = BaselineConfig(block_dim=16, epochs=3, batch_size=64)
+    c.evaluation = EvaluationConfig(figure_queries=2)
+    return c
+
+
+def _paper() -> ExperimentConfig:
+    """The paper's sizes (Sec. 4.1): ResNet50-SPoC, 1024-d, k=32, 341-d baseline blocks. GPU host."""
+    c = ExperimentConfig(preset="paper")
+    c.data = DataConfig(image_size=224, num_instances=20000)
+    c.extractor = ExtractorConfig(backbone="resnet50", feature_dim=1024, epochs=30,
+                                  steps_per_epoch=500, instances_per_batch=32,
+                                  images_per_instance=4, learning_rate=1e-4)
+    c.embedder = EmbedderConfig(embedding_dim=32, hidden_units=512, epochs=30)
+    c.manipulator = ManipulatorConfig(g_hidden=1024, d_hidden=1024, epochs=50)
+    c.baselines = BaselineConfig(block_dim=341, epochs=30)
+    return c
+
+
+PRESETS = {"smoke": _smoke, "default": lambda: ExperimentConfig(preset="default"),
+           "paper": _paper}
+
+
+def get_preset(name: str) -> ExperimentConfig:
+    """Returns a fresh config of preset `name` (ValueError listing the presets if unknown)."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset. Received: preset={name!r}; expected one of {list(PRESETS)}")
+    return PRESETS[name]()
+
+
+def overridable_fields() -> List[Tuple[str, str, dataclasses.Field]]:
+    """(section, field name, dataclass field) for every setting a flag can override."""
+    out = []
+    for section in dataclasses.fields(ExperimentConfig):
+        if section.name == "preset":
+            continue
+        for f in dataclasses.fields(type(getattr(ExperimentConfig(), section.name))):
+            out.append((section.name, f.name, f))
+    return out
+
+
+def apply_override(config: ExperimentConfig, section: str, name: str, value: Any) -> None:
+    """Sets config.<section>.<name> = value, converting to the field's type."""
+    target = getattr(config, section)
+    current = getattr(target, name)
+    if isinstance(current, bool):
+        value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+    elif isinstance(current, (int, float, str)):
+        value = type(current)(value)
+    setattr(target, name, value)
+
+
+def diff(a: Dict[str, Any], b: Dict[str, Any], prefix: str = "") -> List[str]:
+    """Dotted names of the settings that differ between two config dicts."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += diff(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: {va!r} -> {vb!r}")
+    return out

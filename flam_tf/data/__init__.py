@@ -1,0 +1,1 @@
+"""Where data enters: manifests, the synthetic benchmark, real data set readers, tf.data input."""

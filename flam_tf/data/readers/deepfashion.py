@@ -1,0 +1,125 @@
+"""DeepFashion In-shop and Consumer-to-shop retrieval benchmarks -> manifest rows (FIR protocols).
+
+Both read `list_eval_partition.txt` in `data_dir` (or `data_dir/Eval/`, as published): a count line,
+a header line, then one entry per line. Image paths (`img/...`) are relative to `data_dir`, so
+unzip the published img.zip into `data_dir` (giving `data_dir/img/`).
+
+In-shop (`<image> <item_id> <train|query|gallery>`):
+  train -> extractor_train; query -> fir_eval, role inshop_query; gallery -> fir_eval, role
+  inshop_gallery. Domain shop. Attribute labels are left missing: the in-shop set serves instance
+  retrieval, and its optional attribute files (list_attr_*.txt) are not read.
+Consumer-to-shop (`<consumer image> <shop image> <item_id> <train|val|test>`):
+  train pairs -> extractor_train (consumer image domain street, shop image domain shop); val and
+  test pairs -> fir_eval, consumer images role c2s_query, shop images role c2s_gallery. An image
+  in several pairs is one row.
+"""
+
+import os
+from typing import Iterator, List, Tuple
+
+from flam_tf.data.manifest import ManifestError
+from flam_tf.data.readers import common
+
+INSHOP_STATUS = {  # status word -> (split, role)
+    "train": ("extractor_train", ""),
+    "query": ("fir_eval", "inshop_query"),
+    "gallery": ("fir_eval", "inshop_gallery"),
+}
+C2S_STATUS = {  # status word -> (split, consumer role, shop role)
+    "train": ("extractor_train", "", ""),
+    "val": ("fir_eval", "c2s_query", "c2s_gallery"),
+    "test": ("fir_eval", "c2s_query", "c2s_gallery"),
+}
+
+
+def partition_file(data_dir: str) -> str:
+    """Returns the path of list_eval_partition.txt in `data_dir` or `data_dir/Eval`."""
+    for candidate in ("list_eval_partition.txt", os.path.join("Eval", "list_eval_partition.txt")):
+        if os.path.isfile(os.path.join(data_dir, candidate)):
+            return os.path.join(data_dir, candidate)
+    missing = os.path.join(data_dir, "list_eval_partition.txt")
+    raise FileNotFoundError(f"Data set file not found: {missing}")
+
+
+def read_partition(path: str, num_fields: int, layout: str,
+                   statuses) -> Iterator[Tuple[str, List[str]]]:
+    """Yields (where, fields) of the entries of a DeepFashion list file, checked.
+
+    Raises:
+        ManifestError: a bad count line, a wrong field count, an unknown status word, or an entry
+            count that differs from the count line (a truncated file).
+    """
+    with open(common.require_file(path), encoding="utf-8") as f:
+        first = f.readline().strip()
+    if not first.isdigit():
+        raise ManifestError(f"{path}: line 1: expected the number of entries, got {first!r}")
+    entries = 0
+    for where, fields in common.read_fields(path, first_line=3):
+        common.expect_fields(fields, num_fields, where, layout)
+        if fields[-1] not in statuses:
+            raise ManifestError(f"{where}: unknown evaluation status {fields[-1]!r}; expected one "
+                                f"of {list(statuses)}")
+        entries += 1
+        yield where, fields
+    if entries != int(first):
+        raise ManifestError(f"{path}: line 1 declares {first} entries but the file has {entries}")
+
+
+def read_deepfashion_inshop(data_dir: str, check_images: bool = True):
+    """Reads the In-shop Clothes Retrieval benchmark.
+
+    Args:
+        data_dir: the benchmark's directory (holding list_eval_partition.txt and img/).
+        check_images: skip (and count) entries whose image file does not exist.
+
+    Returns:
+        (rows, stats): manifest row dicts, paths relative to `data_dir`, and a `ReadStats`.
+
+    Raises:
+        FileNotFoundError: list_eval_partition.txt is missing.
+        ManifestError: a malformed line, unknown status or unsafe path, naming file and line.
+    """
+    stats = common.ReadStats("deepfashion_inshop")
+    rows = common.RowSet(data_dir, stats, check_images)
+    layout = "<image> <item_id> <train|query|gallery>"
+    for where, (image, item_id, status) in read_partition(partition_file(data_dir), 3, layout,
+                                                          INSHOP_STATUS):
+        split, role = INSHOP_STATUS[status]
+        rows.add(common.make_row(common.safe_relpath(image, where), item_id, "shop", split, role),
+                 where)
+    out = list(rows.rows.values())
+    common.check_instances_disjoint(out, stats.source)
+    stats.finish(out)
+    return out, stats
+
+
+def read_deepfashion_c2s(data_dir: str, check_images: bool = True):
+    """Reads the Consumer-to-shop Clothes Retrieval benchmark.
+
+    Args:
+        data_dir: the benchmark's directory (holding list_eval_partition.txt and img/).
+        check_images: skip (and count) images whose file does not exist.
+
+    Returns:
+        (rows, stats): manifest row dicts (one per distinct image), paths relative to `data_dir`,
+        and a `ReadStats` whose `merged` counts images repeated across pairs.
+
+    Raises:
+        FileNotFoundError: list_eval_partition.txt is missing.
+        ManifestError: a malformed line, unknown status, unsafe path, or an image listed with two
+            different items, domains or splits, naming file and line.
+    """
+    stats = common.ReadStats("deepfashion_c2s")
+    rows = common.RowSet(data_dir, stats, check_images)
+    layout = "<consumer image> <shop image> <item_id> <train|val|test>"
+    for where, (consumer, shop, item_id, status) in read_partition(
+            partition_file(data_dir), 4, layout, C2S_STATUS):
+        split, consumer_role, shop_role = C2S_STATUS[status]
+        rows.add(common.make_row(common.safe_relpath(consumer, where), item_id, "street", split,
+                                 consumer_role), where)
+        rows.add(common.make_row(common.safe_relpath(shop, where), item_id, "shop", split,
+                                 shop_role), where)
+    out = list(rows.rows.values())
+    common.check_instances_disjoint(out, stats.source)
+    stats.finish(out)
+    return out, stats

@@ -1,0 +1,292 @@
+"""The Cls-Concat and Emb-Concat baselines of the paper's Tables 3-4 (Sec. 4.2, "Baselines").
+
+Both map an extractor feature x to three attribute blocks of `block_dim` (341 in the paper, 1023 in
+all) and concatenate them. Attribute manipulation replaces the target attribute's block with the
+prototype (mean block over the training items) of the desired class.
+
+Representation layout: r = l2_normalize([b_shape ; b_color ; b_pattern]) with every block b_a
+L2-normalised first, so each block of r has norm 1/sqrt(3) and all attribute types weigh the same in
+a cosine search.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from flam_tf import losses
+from flam_tf.distribute import check_finite, masked_mean, scaled_loss
+from flam_tf.vocabulary import ATTRIBUTE_TYPES, MISSING, NUM_CLASSES
+
+NUM_TYPES = len(ATTRIBUTE_TYPES)
+
+
+class _ConcatBaseline(keras.Model):
+    """Shared parts: blocks, representation, prototypes, manipulation, train/test steps."""
+
+    def __init__(self, feature_dim, block_dim=341, **kwargs):
+        super().__init__(**kwargs)
+        self.feature_dim = feature_dim
+        self.block_dim = block_dim
+        self.prototypes = {}
+        self.prototype_counts = {}
+        for attribute in ATTRIBUTE_TYPES:
+            # Non-trainable weights so `fit_prototypes`' result is saved with the model.
+            self.prototypes[attribute] = self.add_weight(
+                name=f"{attribute}_prototypes",
+                shape=(NUM_CLASSES[attribute], block_dim),
+                initializer="zeros",
+                trainable=False,
+            )
+            self.prototype_counts[attribute] = self.add_weight(
+                name=f"{attribute}_prototype_counts",
+                shape=(NUM_CLASSES[attribute],),
+                initializer="zeros",
+                trainable=False,
+            )
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.attribute_trackers = {
+            a: keras.metrics.Mean(name=f"{a}_loss") for a in ATTRIBUTE_TYPES
+        }
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker] + [self.attribute_trackers[a] for a in ATTRIBUTE_TYPES]
+
+    def blocks(self, features, training=False):
+        """Attribute blocks, each L2-normalised: dict attribute -> float32 [B, block_dim]."""
+        raise NotImplementedError
+
+    def _attribute_loss(self, attribute, features, labels, training):
+        """Per-attribute scalar loss (replica estimate of the global batch loss)."""
+        raise NotImplementedError
+
+    def represent(self, features, training=False):
+        """The retrieval representation r: float32 [B, 3 * block_dim], unit norm rows."""
+        blocks = self.blocks(features, training=training)
+        return ops.normalize(ops.concatenate([blocks[a] for a in ATTRIBUTE_TYPES], axis=-1), axis=-1)
+
+    def call(self, features, training=False):
+        return self.represent(features, training=training)
+
+    def fit_prototypes(self, features, labels, batch_size=1024):
+        """Stores per class the mean (normalised) block over the training items of that class.
+
+        Args:
+            features: float32 array [N, D].
+            labels: int array [N, 3], MISSING (-1) for a missing label.
+            batch_size: rows embedded at a time.
+
+        Returns:
+            dict attribute -> int array [C_a], the number of items per class (0: prototype stays 0).
+        """
+        features = np.asarray(features, np.float32)
+        labels = np.asarray(labels)
+        sums = {a: np.zeros((NUM_CLASSES[a], self.block_dim), np.float64) for a in ATTRIBUTE_TYPES}
+        counts = {a: np.zeros((NUM_CLASSES[a],), np.int64) for a in ATTRIBUTE_TYPES}
+        for start in range(0, len(features), batch_size):
+            blocks = self.blocks(features[start:start + batch_size])
+            for i, attribute in enumerate(ATTRIBUTE_TYPES):
+                block = np.asarray(blocks[attribute])
+                column = labels[start:start + batch_size, i]
+                known = column != MISSING
+                np.add.at(sums[attribute], column[known], block[known])
+                counts[attribute] += np.bincount(column[known], minlength=NUM_CLASSES[attribute])
+        for attribute in ATTRIBUTE_TYPES:
+            mean = sums[attribute] / np.maximum(counts[attribute], 1)[:, None]
+            self.prototypes[attribute].assign(mean.astype(np.float32))
+            self.prototype_counts[attribute].assign(counts[attribute].astype(np.float32))
+        return counts
+
+    def manipulate(self, representations, attribute_idx, value_idx):
+        """Replaces the target attribute's block by the desired class' prototype.
+
+        Args:
+            representations: float32 [B, 3 * block_dim] from `represent`.
+            attribute_idx: int [B], index into ATTRIBUTE_TYPES.
+            value_idx: int [B], class index within that attribute type.
+
+        Returns:
+            float32 [B, 3 * block_dim], unit norm rows.
+        """
+        r = tf.convert_to_tensor(representations, tf.float32)
+        batch = tf.shape(r)[0]
+        blocks = tf.math.l2_normalize(tf.reshape(r, [batch, NUM_TYPES, self.block_dim]), axis=-1)
+        max_classes = max(NUM_CLASSES.values())
+        table = tf.stack(
+            [
+                tf.pad(tf.convert_to_tensor(self.prototypes[a]),
+                       [[0, max_classes - NUM_CLASSES[a]], [0, 0]])
+                for a in ATTRIBUTE_TYPES
+            ],
+            axis=0,
+        )  # [3, C_max, block_dim]
+        attribute_idx = tf.cast(tf.reshape(attribute_idx, [-1]), tf.int32)
+        value_idx = tf.cast(tf.reshape(value_idx, [-1]), tf.int32)
+        prototype = tf.math.l2_normalize(
+            tf.gather_nd(table, tf.stack([attribute_idx, value_idx], axis=1)), axis=-1
+        )  # [B, block_dim]
+        is_target = tf.one_hot(attribute_idx, NUM_TYPES)[:, :, None] > 0.5
+        blocks = tf.where(is_target, prototype[:, None, :], blocks)
+        return tf.math.l2_normalize(tf.reshape(blocks, [batch, NUM_TYPES * self.block_dim]), axis=-1)
+
+    def _compute_losses(self, data, training):
+        features, labels = data[0], tf.cast(data[1], tf.int32)
+        per_attribute = {
+            a: self._attribute_loss(a, features, labels[:, i], training)
+            for i, a in enumerate(ATTRIBUTE_TYPES)
+        }
+        loss = check_finite(sum(per_attribute.values()), f"{type(self).__name__} loss")
+        return loss, per_attribute
+
+    def _update_trackers(self, loss, per_attribute):
+        self.loss_tracker.update_state(loss)
+        for attribute in ATTRIBUTE_TYPES:
+            self.attribute_trackers[attribute].update_state(per_attribute[attribute])
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        """One step on `(features [B, D], labels int [B, 3])`, MISSING (-1) rows masked per type."""
+        with tf.GradientTape() as tape:
+            loss, per_attribute = self._compute_losses(data, training=True)
+            replica_loss = scaled_loss(loss)
+        variables = self.trainable_variables
+        grads = tape.gradient(replica_loss, variables)
+        self.optimizer.apply(grads, variables)
+        return self._update_trackers(loss, per_attribute)
+
+    def test_step(self, data):
+        loss, per_attribute = self._compute_losses(data, training=False)
+        return self._update_trackers(loss, per_attribute)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"feature_dim": self.feature_dim, "block_dim": self.block_dim})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="flam_tf")
+class ClsConcat(_ConcatBaseline):
+    """Cls-Concat: per attribute type Dense(block_dim, relu) -> Dropout -> Dense(C_a), with CE.
+
+    The representation concatenates the three intermediate (block_dim) activations.
+
+    Args:
+        feature_dim: D of the input features.
+        block_dim: width of the intermediate layer (341 in the paper).
+        dropout: dropout rate between the two layers.
+
+    Call args:
+        features: float32 [B, D].
+
+    Returns:
+        float32 [B, 3 * block_dim], unit norm rows (`represent`).
+    """
+
+    def __init__(self, feature_dim, block_dim=341, dropout=0.3, **kwargs):
+        super().__init__(feature_dim, block_dim, **kwargs)
+        self.dropout = dropout
+        self.hidden_layers, self.dropout_layers, self.classifiers = {}, {}, {}
+        for attribute in ATTRIBUTE_TYPES:
+            hidden = keras.layers.Dense(block_dim, activation="relu", name=f"{attribute}_hidden")
+            hidden.build((None, feature_dim))
+            classifier = keras.layers.Dense(NUM_CLASSES[attribute], name=f"{attribute}_classifier")
+            classifier.build((None, block_dim))
+            self.hidden_layers[attribute] = hidden
+            self.dropout_layers[attribute] = keras.layers.Dropout(dropout, name=f"{attribute}_dropout")
+            self.classifiers[attribute] = classifier
+        self.built = True
+
+    def blocks(self, features, training=False):
+        return {
+            a: ops.normalize(self.hidden_layers[a](features), axis=-1) for a in ATTRIBUTE_TYPES
+        }
+
+    def logits(self, features, training=False):
+        """Class logits per attribute type: dict attribute -> float32 [B, C_a]."""
+        result = {}
+        for a in ATTRIBUTE_TYPES:
+            h = self.dropout_layers[a](self.hidden_layers[a](features), training=training)
+            result[a] = self.classifiers[a](h)
+        return result
+
+    def _attribute_loss(self, attribute, features, labels, training):
+        h = self.dropout_layers[attribute](self.hidden_layers[attribute](features), training=training)
+        logits = self.classifiers[attribute](h)
+        known = labels != MISSING
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=tf.where(known, labels, 0), logits=logits
+        )
+        return masked_mean(ce, known)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"dropout": self.dropout})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="flam_tf")
+class EmbConcat(_ConcatBaseline):
+    """Emb-Concat: per attribute type Dense(hidden_units, relu) -> Dense(block_dim), triplet loss.
+
+    Each block is trained with the cosine triplet loss (Eq. 1) on the rows labelled for that type;
+    the representation concatenates the three normalised embeddings.
+
+    Args:
+        feature_dim: D of the input features.
+        block_dim: embedding size per attribute type (341 in the paper).
+        margin: triplet margin mu.
+        mining: "semi-hard" or "hard".
+        hidden_units: width of the hidden layer (None: block_dim).
+
+    Call args:
+        features: float32 [B, D].
+
+    Returns:
+        float32 [B, 3 * block_dim], unit norm rows (`represent`).
+    """
+
+    def __init__(self, feature_dim, block_dim=341, margin=0.2, mining="semi-hard",
+                 hidden_units=None, **kwargs):
+        super().__init__(feature_dim, block_dim, **kwargs)
+        if mining not in losses.MINING_STRATEGIES:
+            raise ValueError(
+                f"Unknown mining. Received: mining={mining!r}; "
+                f"expected one of {list(losses.MINING_STRATEGIES)}"
+            )
+        self.margin = margin
+        self.mining = mining
+        self.hidden_units = hidden_units
+        width = hidden_units or block_dim
+        self.hidden_layers, self.embedding_layers = {}, {}
+        for attribute in ATTRIBUTE_TYPES:
+            hidden = keras.layers.Dense(width, activation="relu", name=f"{attribute}_hidden")
+            hidden.build((None, feature_dim))
+            embedding = keras.layers.Dense(block_dim, name=f"{attribute}_embedding")
+            embedding.build((None, width))
+            self.hidden_layers[attribute] = hidden
+            self.embedding_layers[attribute] = embedding
+        self.built = True
+
+    def blocks(self, features, training=False):
+        return {
+            a: ops.normalize(self.embedding_layers[a](self.hidden_layers[a](features)), axis=-1)
+            for a in ATTRIBUTE_TYPES
+        }
+
+    def _attribute_loss(self, attribute, features, labels, training):
+        block = ops.normalize(
+            self.embedding_layers[attribute](self.hidden_layers[attribute](features)), axis=-1
+        )
+        # Eq. 1 on the labelled rows only (mined within this replica's slice).
+        return losses.triplet_loss(
+            labels, block, margin=self.margin, mining=self.mining, distance="cosine",
+            sample_weight_mask=labels != MISSING,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"margin": self.margin, "mining": self.mining, "hidden_units": self.hidden_units}
+        )
+        return config

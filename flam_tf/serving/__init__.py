@@ -1,0 +1,1 @@
+"""Export to TF Serving and talk to it: signature names, SavedModel export, gRPC client, dev server."""

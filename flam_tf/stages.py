@@ -1,0 +1,356 @@
+"""The stages of `python -m flam_tf.train`, in order:
+
+    data -> extractor -> features -> embedders -> manipulator -> baselines -> evaluate -> export
+
+Each stage reads what earlier stages left in the run directory (never their in-memory state), so
+any stage can be rerun alone with `--stages`, and a killed run resumes: finished stages are skipped,
+and a training stage restarts from its last epoch backup (keras BackupAndRestore).
+"""
+
+import json
+import os
+import time
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import tensorflow as tf
+import keras
+from absl import logging
+
+from flam_tf import config as config_lib
+from flam_tf import models  # noqa: F401  (registers the classes keras.saving.load_model needs)
+from flam_tf import vocabulary
+from flam_tf.data import manifest as manifest_lib
+from flam_tf.data import pipeline
+from flam_tf.data import synthetic
+from flam_tf.run_directory import RunDirectory, write_json
+
+# Manipulator variants of Table 3 (name -> (matching, online_sampling, adversarial)).
+FLAM = "FLAM(M/OS/Adv)"
+ABLATIONS = {
+    "FLAM(S/-/Adv)": ("S", False, True),
+    "FLAM(M/-/-)": ("M", False, False),
+    "FLAM(M/-/Adv)": ("M", False, True),
+}
+
+
+def variant_model_name(variant: str) -> str:
+    """File stem of a manipulator variant: the default is `manipulator`."""
+    if variant == FLAM:
+        return "manipulator"
+    matching, online, adversarial = ABLATIONS[variant]
+    return f"manipulator_{matching}_{'OS' if online else 'noOS'}_{'adv' if adversarial else 'noadv'}"
+
+
+class Context:
+    """What every stage gets: config, run directory, strategy."""
+
+    def __init__(self, config: config_lib.ExperimentConfig, run: RunDirectory,
+                 strategy: tf.distribute.Strategy):
+        self.config = config
+        self.run = run
+        self.strategy = strategy
+        self._manifest: Optional[manifest_lib.Manifest] = None
+
+    @property
+    def manifest(self) -> manifest_lib.Manifest:
+        if self._manifest is None:
+            self._manifest = manifest_lib.read_manifest(self.run.manifest_path)
+        return self._manifest
+
+    def callbacks(self, stage: str) -> List[keras.callbacks.Callback]:
+        """Epoch backups for resuming, TensorBoard summaries, and a NaN guard."""
+        return [
+            keras.callbacks.BackupAndRestore(self.run.checkpoint_dir(stage)),
+            keras.callbacks.TensorBoard(self.run.log_dir(stage), write_graph=False),
+            keras.callbacks.TerminateOnNaN(),
+        ]
+
+    def save_history(self, stage: str, history: keras.callbacks.History) -> None:
+        path = self.run.path("logs", f"{stage}_history.json")
+        previous = {}
+        if os.path.exists(path):  # a resumed stage appends to the epochs it already logged
+            with open(path) as f:
+                previous = json.load(f)
+        merged = {k: previous.get(k, []) + [float(x) for x in v] for k, v in history.history.items()}
+        write_json(path, merged)
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+
+def stage_data(ctx: Context) -> Dict[str, int]:
+    """Writes D/data/manifest.csv: the synthetic benchmark, or the real sources' manifests."""
+    c = ctx.config.data
+    if c.extractor_source == "synthetic" and c.attribute_source == "synthetic":
+        syn = synthetic.SyntheticConfig(
+            num_instances=c.num_instances, seed=ctx.config.runtime.seed, image_size=c.image_size,
+            label_missing_prob=c.label_missing_prob, twins_per_item=c.twins_per_item,
+            entanglement=c.entanglement)
+        m = synthetic.write_benchmark(ctx.run.path("data"), syn)
+    else:
+        m = _combine_real_sources(ctx)
+    counts = {s: int((m["split"] == s).sum()) for s in manifest_lib.SPLITS}
+    logging.info("data: %d images %s", len(m), counts)
+    return counts
+
+
+def _combine_real_sources(ctx: Context) -> manifest_lib.Manifest:
+    """Each role from its own source: instance splits from one, attribute splits from another."""
+    from flam_tf.data import readers
+
+    c = ctx.config.data
+    rows: List[Dict[str, str]] = []
+    roles = [(c.extractor_source, c.extractor_data_dir, ("extractor_train", "fir_eval"), {}),
+             (c.attribute_source, c.attribute_data_dir,
+              ("attribute_train", "fam_eval", "unlabelled"),
+              {"top_n": c.top_n_classes, **({"fam_eval_size": c.fam_eval_size}
+                                            if c.fam_eval_size else {})})]
+    for source, data_dir, splits, options in roles:
+        if source == "synthetic":
+            raise ValueError("Mixing the synthetic benchmark with a real source is not supported; "
+                             "set both --data_extractor_source and --data_attribute_source")
+        path = ctx.run.path("data", f"{source}_manifest.csv")
+        readers.build_manifest(source, data_dir, path, **options)
+        m = manifest_lib.read_manifest(path, root=data_dir)
+        keep = np.isin(m["split"], splits)
+        absolute = m.absolute_paths()
+        for i in np.nonzero(keep)[0]:
+            row = {k: str(v[i]) for k, v in m.columns.items()}
+            row["path"] = absolute[i]
+            rows.append(row)
+    if c.unlabelled_manifest:
+        m = manifest_lib.read_manifest(c.unlabelled_manifest)
+        for i, path in enumerate(m.absolute_paths()):
+            rows.append({**{k: str(v[i]) for k, v in m.columns.items()}, "path": path,
+                         "split": "unlabelled", "shape": "", "color": "", "pattern": ""})
+    manifest_lib.write_manifest(ctx.run.manifest_path, rows, ("role", "twin_of", "view"))
+    return manifest_lib.read_manifest(ctx.run.manifest_path)
+
+
+# ------------------------------------------------------------------------------------------------
+# extractor
+
+def stage_extractor(ctx: Context) -> Dict[str, float]:
+    """Trains the FeatureExtractor (CE over the top instance ids + triplet) on extractor_train."""
+    from flam_tf.models import FeatureExtractor
+
+    c = ctx.config.extractor
+    train = ctx.manifest.split("extractor_train")
+    ds, info = pipeline.pk_dataset(train, ctx.config.data.image_size, c.instances_per_batch,
+                                   c.images_per_instance, c.num_ce_classes,
+                                   seed=ctx.config.runtime.seed)
+    logging.info("extractor: %s", info)
+    with ctx.strategy.scope():
+        model = FeatureExtractor(backbone=c.backbone, pooling=c.pooling, feature_dim=c.feature_dim,
+                                 image_size=ctx.config.data.image_size,
+                                 num_ce_classes=info["num_ce_classes"], margin=c.margin,
+                                 weights=c.weights or None)
+        total = c.epochs * c.steps_per_epoch
+        schedule = keras.optimizers.schedules.CosineDecay(c.learning_rate, total, alpha=0.05)
+        model.compile(optimizer=keras.optimizers.Adam(schedule))
+    history = model.fit(ds, epochs=c.epochs, steps_per_epoch=c.steps_per_epoch,
+                        callbacks=ctx.callbacks("extractor"), verbose=2)
+    ctx.save_history("extractor", history)
+    model.save(ctx.run.model_path("extractor"))
+    return {k: float(v[-1]) for k, v in history.history.items()} if history.history else {}
+
+
+# ------------------------------------------------------------------------------------------------
+# features
+
+def stage_features(ctx: Context) -> Dict[str, int]:
+    """Extracts one feature per image into D/features/features.npz, plus fam_gallery.npz."""
+    extractor = keras.saving.load_model(ctx.run.model_path("extractor"))
+    m = ctx.manifest
+    features = []
+    ds = pipeline.image_dataset(m, ctx.config.data.image_size, batch_size=256)
+    progress = keras.utils.Progbar(len(m), unit_name="image")
+    for images in ds:
+        features.append(extractor(images, training=False).numpy())
+        progress.add(len(features[-1]))
+    features = np.concatenate(features).astype(np.float32)
+    _save_npz(ctx.run.path("features", "features.npz"), feature=features,
+              path=m["path"], instance_id=m["instance_id"], split=m["split"])
+    fam = m["split"] == "fam_eval"
+    _save_npz(ctx.run.path("features", "fam_gallery.npz"), feature=features[fam],
+              instance_id=m["instance_id"][fam], path=m["path"][fam],
+              shape=m["shape"][fam], color=m["color"][fam], pattern=m["pattern"][fam],
+              twin_of=m.get("twin_of")[fam], is_query=m.has_role("fam_query")[fam])
+    return {"num_features": int(len(features)), "feature_dim": int(features.shape[1]),
+            "fam_gallery": int(fam.sum())}
+
+
+def _save_npz(npz_file: str, **arrays) -> None:
+    tmp = npz_file + ".tmp.npz"
+    np.savez(tmp, **{k: (np.asarray(v).astype(str) if np.asarray(v).dtype.kind in "OU" else v)
+                     for k, v in arrays.items()})
+    os.replace(tmp, npz_file)
+
+
+def load_features(ctx: Context):
+    """(features float32 [N, D] in manifest order, manifest)."""
+    with np.load(ctx.run.path("features", "features.npz"), allow_pickle=False) as z:
+        return z["feature"], ctx.manifest
+
+
+def label_matrix(m: manifest_lib.Manifest) -> np.ndarray:
+    """int32 [N, 3] labels in ATTRIBUTE_TYPES order, -1 where missing."""
+    return np.stack([m.labels(a) for a in vocabulary.ATTRIBUTE_TYPES], axis=1)
+
+
+def _feature_dataset(x, y, batch_size: int, seed: int):
+    data = (x,) if y is None else (x, y)
+    ds = tf.data.Dataset.from_tensor_slices(data if y is not None else x)
+    return ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(
+        batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+# ------------------------------------------------------------------------------------------------
+# embedders
+
+def stage_embedders(ctx: Context) -> Dict[str, float]:
+    """Trains the attribute-specific embedders (Eq. 2) on attribute_train features (sparse labels)."""
+    from flam_tf.models import AttributeEmbedder
+
+    c = ctx.config.embedder
+    features, m = load_features(ctx)
+    train = m["split"] == "attribute_train"
+    x, y = features[train], label_matrix(m)[train]
+    with ctx.strategy.scope():
+        model = AttributeEmbedder(features.shape[1], embedding_dim=c.embedding_dim,
+                                  hidden_units=c.hidden_units, margin=c.margin)
+        model.compile(optimizer=keras.optimizers.Adam(c.learning_rate))
+    history = model.fit(_feature_dataset(x, y, min(c.batch_size, len(x)), ctx.config.runtime.seed),
+                        epochs=c.epochs, callbacks=ctx.callbacks("embedders"), verbose=2)
+    ctx.save_history("embedders", history)
+    model.save(ctx.run.model_path("embedder"))
+    return {k: float(v[-1]) for k, v in history.history.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# manipulator
+
+def manipulator_training_features(ctx: Context) -> np.ndarray:
+    """Features of every training image, labelled or not (the semi-supervised point)."""
+    features, m = load_features(ctx)
+    return features[np.isin(m["split"], ("extractor_train", "attribute_train", "unlabelled"))]
+
+
+def stage_manipulator(ctx: Context) -> Dict[str, float]:
+    """Trains FLAM(M/OS/Adv), and with --evaluation_ablations the Table 3 variants."""
+    variants = [FLAM] + (list(ABLATIONS) if ctx.config.evaluation.ablations else [])
+    results = {}
+    for variant in variants:
+        if os.path.exists(ctx.run.model_path(variant_model_name(variant))):
+            continue  # a variant finished before an interruption
+        results[variant] = _train_manipulator(ctx, variant)
+    return results
+
+
+def _train_manipulator(ctx: Context, variant: str) -> float:
+    from flam_tf.models import FeatureManipulator
+
+    c = ctx.config.manipulator
+    matching, online, adversarial = ((c.matching, c.online_sampling, c.adversarial)
+                                     if variant == FLAM else ABLATIONS[variant])
+    x = manipulator_training_features(ctx)
+    name = variant_model_name(variant)
+    logging.info("manipulator %s: %d training features", variant, len(x))
+    with ctx.strategy.scope():
+        embedder = keras.saving.load_model(ctx.run.model_path("embedder"))
+        model = FeatureManipulator(embedder, x.shape[1], embedding_dim=embedder.embedding_dim,
+                                   g_hidden=(c.g_hidden, c.g_hidden),
+                                   d_hidden=(c.d_hidden, c.d_hidden), matching=matching,
+                                   adversarial=adversarial, online_sampling=online,
+                                   adv_weight=c.adv_weight, match_weight=c.match_weight,
+                                   cycle_weight=c.cycle_weight, seed=ctx.config.runtime.seed)
+        model.compile(g_optimizer=keras.optimizers.Adam(c.g_learning_rate, beta_1=0.5),
+                      d_optimizer=keras.optimizers.Adam(c.d_learning_rate, beta_1=0.5))
+    history = model.fit(_feature_dataset(x, None, min(c.batch_size, len(x)),
+                                         ctx.config.runtime.seed),
+                        epochs=c.epochs, callbacks=ctx.callbacks(name), verbose=2)
+    ctx.save_history(name, history)
+    model.save(ctx.run.model_path(name))
+    return float(history.history["cycle_cosine"][-1]) if history.history else float("nan")
+
+
+# ------------------------------------------------------------------------------------------------
+# baselines
+
+def stage_baselines(ctx: Context) -> Dict[str, float]:
+    """Trains Cls-Concat and Emb-Concat on attribute_train features and fits their prototypes."""
+    from flam_tf.models import ClsConcat, EmbConcat
+
+    c = ctx.config.baselines
+    features, m = load_features(ctx)
+    train = m["split"] == "attribute_train"
+    x, y = features[train], label_matrix(m)[train]
+    out = {}
+    for name, cls in (("cls_concat", ClsConcat), ("emb_concat", EmbConcat)):
+        if os.path.exists(ctx.run.model_path(name)):
+            continue
+        with ctx.strategy.scope():
+            model = cls(features.shape[1], block_dim=c.block_dim)
+            model.compile(optimizer=keras.optimizers.Adam(c.learning_rate))
+        history = model.fit(_feature_dataset(x, y, min(c.batch_size, len(x)),
+                                             ctx.config.runtime.seed),
+                            epochs=c.epochs, callbacks=ctx.callbacks(name), verbose=2)
+        ctx.save_history(name, history)
+        model.fit_prototypes(x, y)
+        model.save(ctx.run.model_path(name))
+        out[name] = float(history.history["loss"][-1])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluate, export
+
+def stage_evaluate(ctx: Context) -> Dict[str, float]:
+    from flam_tf.evaluation import evaluate
+
+    report = evaluate.evaluate_run(ctx)
+    fam = report["fam"][FLAM]["all"]
+    return {"FLAM all-T@10": fam.get("T@10"), "FLAM all-T@50": fam.get("T@50")}
+
+
+def stage_export(ctx: Context) -> Dict[str, str]:
+    from flam_tf.serving import export
+
+    written = export.export_run(ctx.run.root, output=ctx.run.path("export"))
+    return {k: str(v) for k, v in written.items()} if isinstance(written, dict) else {}
+
+
+STAGE_FUNCTIONS: Dict[str, Callable[[Context], Dict]] = {
+    "data": stage_data,
+    "extractor": stage_extractor,
+    "features": stage_features,
+    "embedders": stage_embedders,
+    "manipulator": stage_manipulator,
+    "baselines": stage_baselines,
+    "evaluate": stage_evaluate,
+    "export": stage_export,
+}
+assert tuple(STAGE_FUNCTIONS) == config_lib.STAGES
+
+
+def run_stages(ctx: Context, stages=config_lib.STAGES, force: bool = False) -> Dict[str, float]:
+    """Runs `stages` in pipeline order, skipping finished ones unless `force`.
+
+    Returns:
+        {stage: seconds} of every finished stage of the run directory.
+    """
+    for stage in config_lib.STAGES:
+        if stage not in stages:
+            continue
+        if ctx.run.is_done(stage) and not force:
+            logging.info("stage %s: already finished, skipped", stage)
+            print(f"== {stage}: finished earlier, skipped", flush=True)
+            continue
+        print(f"== {stage}", flush=True)
+        start = time.time()
+        info = STAGE_FUNCTIONS[stage](ctx) or {}
+        seconds = time.time() - start
+        ctx.run.mark_done(stage, seconds, info=info)
+        print(f"== {stage}: done in {seconds:.1f} s", flush=True)
+    return ctx.run.timings()

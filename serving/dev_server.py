@@ -1,0 +1,40 @@
+"""Local TF Serving-compatible gRPC server, for development and tests (flam_tf.serving.dev_server).
+
+    python -m serving.dev_server --model_config_file E/models.config [--port 8500]
+        [--host 127.0.0.1] [--max_workers 8] [--max_request_mb 64]
+
+Stops cleanly on SIGINT / SIGTERM.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+
+flags.DEFINE_string("model_config_file", None, "models.config (text-format ModelServerConfig).")
+flags.DEFINE_string("host", "127.0.0.1", "Address to bind (loopback by default).")
+flags.DEFINE_integer("port", 8500, "gRPC port (0: any free port).")
+flags.DEFINE_integer("max_workers", 8, "Threads serving concurrent requests.")
+flags.DEFINE_float("max_request_mb", 64, "Largest request accepted, MiB.")
+flags.mark_flag_as_required("model_config_file")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from flam_tf.serving import dev_server
+    logging.set_verbosity(logging.INFO)
+    try:
+        dev_server.serve(FLAGS.model_config_file, FLAGS.host, FLAGS.port, FLAGS.max_workers,
+                         FLAGS.max_request_mb)
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
