@@ -44,9 +44,9 @@ class ExtractorConfig:
     margin: float = 0.2  # triplet margin
     instances_per_batch: int = 16  # P of a PK batch
     images_per_instance: int = 4  # K of a PK batch
-    epochs: int = 8
+    epochs: int = 12
     steps_per_epoch: int = 100
-    learning_rate: float = 2e-3
+    learning_rate: float = 3e-3
 
 
 @dataclasses.dataclass
@@ -56,8 +56,8 @@ class EmbedderConfig:
     embedding_dim: int = 32  # k
     hidden_units: int = 256
     margin: float = 0.2
-    batch_size: int = 256
-    epochs: int = 15
+    batch_size: int = 128
+    epochs: int = 60
     learning_rate: float = 1e-3
 
 
@@ -84,8 +84,8 @@ class BaselineConfig:
     """Cls-Concat and Emb-Concat baselines (Tables 3-4)."""
 
     block_dim: int = 96  # the paper's 341 (3 x 341 = 1023 ~ its 1024-d feature)
-    batch_size: int = 256
-    epochs: int = 15
+    batch_size: int = 128
+    epochs: int = 60
     learning_rate: float = 1e-3
 
 

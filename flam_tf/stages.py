@@ -165,7 +165,7 @@ def stage_features(ctx: Context) -> Dict[str, int]:
     m = ctx.manifest
     features = []
     ds = pipeline.image_dataset(m, ctx.config.data.image_size, batch_size=256)
-    progress = keras.utils.Progbar(len(m), unit_name="image")
+    progress = keras.utils.Progbar(len(m), unit_name="image", interval=10.0)
     for images in ds:
         features.append(extractor(images, training=False).numpy())
         progress.add(len(features[-1]))

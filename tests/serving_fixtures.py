@@ -104,3 +104,31 @@ def keras_models(run_dir):
         from flam_tf.serving import export
         _CACHE["models"] = export.load_run_models(run_dir)[1:]
     return _CACHE["models"]
+
+
+def load_png(path):
+    """uint8 [H, W, 3] pixels of a PNG, decoded with PIL (independent of the graph's decoder)."""
+    from PIL import Image
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def keras_extract(extractor, pixels, image_size=IMAGE_SIZE):
+    """Reference feature of uint8 images [B, H, W, 3]: bilinear resize, float [0, 255], Keras."""
+    images = tf.image.resize(tf.cast(pixels, tf.float32), [image_size, image_size])
+    return np.asarray(extractor(images, training=False))
+
+
+def cosine_top_k(queries, gallery, ids, k):
+    """numpy reference of the searcher: (ids [B, k], scores [B, k]), best first."""
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
+    scores = q @ g.T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.asarray(ids)[order], np.take_along_axis(scores, order, axis=1)
+
+
+def gallery_npz(run_dir):
+    """(features [N, D], ids [N]) of the fake run's fam_gallery.npz."""
+    with np.load(os.path.join(run_dir, "features", "fam_gallery.npz")) as data:
+        return data["feature"], data["path"].astype(str)

@@ -284,7 +284,8 @@ def test_select_partners_online_sampling_by_hand():
     partner, valid = select_partners(e, classes, target, online_sampling=True)
     assert int(partner[0]) == 3  # valid (colour 2 != 0), closest in the remaining types
     assert int(partner[1]) == 3
-    assert int(partner[2]) == 0  # all others have colour != 1; row 0 wins the tie with row 1
+    # Row 2 (colour 1): rows 0, 1, 3 are valid; shape cosines 0, 0, 0.6 and pattern 0, 0, 0.
+    assert int(partner[2]) == 3
     assert not bool(valid[3]) and int(partner[3]) == 3  # every row has shape 0: no valid partner
     assert np.asarray(valid).tolist() == [True, True, True, False]
 

@@ -60,9 +60,11 @@ class FeatureExtractor(keras.Model):
     """Backbone -> global pooling -> (projection) -> L2 norm, trained with CE + triplet loss.
 
     Sec. 4.2 of the paper: ResNet50, SPoC pooling, cross-entropy over the 1000 most frequent
-    instance ids plus a triplet loss over all instances. No BatchNorm after the projection: the
-    feature is L2-normalised anyway, and a BN there would need cross-replica statistics under
-    tf.distribute.
+    instance ids plus a triplet loss over all instances. A BatchNorm "neck" sits between the
+    projection and the L2 norm: SPoC sums non-negative ReLU maps, so without centring every
+    feature points the same way, cosine distances are all small, and neither loss learned on the
+    synthetic benchmark (measured: CE stuck at chance, in-shop R@1 0.21 -> 0.48 with the neck,
+    same 400 steps). The BN is synchronized, so N replicas normalise like the global batch.
 
     Args:
         backbone: a name from `backbones.BACKBONES`.
@@ -136,6 +138,8 @@ class FeatureExtractor(keras.Model):
             self.projection = keras.layers.Dense(feature_dim, use_bias=False, name="projection")
             self.projection.build((None, channels))
         self.output_dim = feature_dim if feature_dim is not None else channels
+        self.neck = keras.layers.BatchNormalization(synchronized=True, name="neck")
+        self.neck.build((None, self.output_dim))
         self.pool.build(self.backbone.output_shape)
         self.classifier = CosineClassifier(num_ce_classes, ce_scale, name="ce_head")
         self.classifier.build((None, self.output_dim))
@@ -153,6 +157,7 @@ class FeatureExtractor(keras.Model):
         x = self.pool(self.backbone(images, training=training))
         if self.projection is not None:
             x = self.projection(x)
+        x = self.neck(x, training=training)
         return ops.normalize(x, axis=-1)
 
     def _compute_losses(self, data, training):

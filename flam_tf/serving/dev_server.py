@@ -25,7 +25,6 @@ from concurrent import futures
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import grpc
-import numpy as np
 import tensorflow as tf
 from absl import logging
 from tensorflow.core.protobuf import saved_model_pb2

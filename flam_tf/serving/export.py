@@ -29,6 +29,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from flam_tf import vocabulary
 from flam_tf.data import manifest as manifest_lib
+from flam_tf.data import pipeline
 from flam_tf.serving import models_config
 from flam_tf.serving import signatures as sig
 
@@ -67,7 +68,7 @@ def load_run_models(run_dir: str):
 def resize_images(images, image_size: int):
     """Resizes images to the model input: uint8 or float [B, H, W, 3] -> float32 [B, S, S, 3].
 
-    Bilinear `tf.image.resize`, values kept in [0, 255]: the training input pipeline's contract.
+    Bilinear `tf.image.resize` of float32 values in [0, 255], as `pipeline.decode_image` does.
     """
     return tf.image.resize(tf.cast(images, tf.float32), [image_size, image_size], method="bilinear")
 
@@ -75,13 +76,10 @@ def resize_images(images, image_size: int):
 def decode_images(image_bytes, image_size: int):
     """Decodes and resizes encoded images: string [B] (JPEG, PNG, GIF, BMP) -> float32 [B,S,S,3].
 
-    Bytes that are not an image fail with INVALID_ARGUMENT from `tf.io.decode_image`.
+    Each image goes through the training input pipeline's own `decode_image`, so served and
+    training inputs are the same numbers. Bytes that are not an image fail with INVALID_ARGUMENT.
     """
-    def decode_one(data):
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        return resize_images(image[tf.newaxis], image_size)[0]
-
-    return tf.map_fn(decode_one, image_bytes,
+    return tf.map_fn(lambda data: pipeline.decode_image(data, image_size), image_bytes,
                      fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32))
 
 

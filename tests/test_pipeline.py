@@ -1,0 +1,70 @@
+"""tf.data input: PK batches, determinism, decoding in manifest order."""
+
+import numpy as np
+import pytest
+
+from flam_tf.data import manifest as manifest_lib
+from flam_tf.data import pipeline
+from flam_tf.data import synthetic
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    config = synthetic.SyntheticConfig(num_instances=60, seed=4, image_size=24)
+    return synthetic.write_benchmark(str(out), config, progress=False), config
+
+
+def test_pk_batches_hold_p_instances_with_k_images_each(bench):
+    m, config = bench
+    train = m.split("extractor_train")
+    ds, info = pipeline.pk_dataset(train, 24, instances_per_batch=4, images_per_instance=3,
+                                   num_ce_classes=5, seed=1)
+    for images, labels in ds.take(3):
+        assert images.shape == (12, 24, 24, 3)
+        ids, counts = np.unique(labels["instance"].numpy(), return_counts=True)
+        assert len(ids) == 4 and set(counts) == {3}
+        assert 0.0 <= float(images.numpy().min()) and float(images.numpy().max()) <= 255.0
+    assert info["num_ce_classes"] == 5
+
+
+def test_pk_dataset_is_deterministic_for_a_seed(bench):
+    m, _ = bench
+    train = m.split("extractor_train")
+
+    def first(seed):
+        ds, _ = pipeline.pk_dataset(train, 24, 4, 2, 5, seed=seed)
+        images, labels = next(iter(ds))
+        return images.numpy(), labels["instance"].numpy()
+
+    a, b, c = first(3), first(3), first(4)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], c[1])
+
+
+def test_instance_labels_pick_the_most_frequent_ids():
+    m = manifest_lib.Manifest({
+        "path": np.array(["a", "b", "c", "d", "e", "f"]),
+        "instance_id": np.array(["x", "y", "y", "z", "z", "z"])}, "")
+    instance, ce_class, n = pipeline.instance_labels(m, num_ce_classes=2)
+    assert n == 3
+    # z has 3 images (class 0), y has 2 (class 1), x is not among the top 2.
+    np.testing.assert_array_equal(ce_class, [-1, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(instance, [0, 1, 1, 2, 2, 2])
+
+
+def test_image_dataset_decodes_in_manifest_order(bench):
+    from PIL import Image
+
+    m, _ = bench
+    first = next(iter(pipeline.image_dataset(m, 24, batch_size=5))).numpy()
+    for i in range(5):
+        np.testing.assert_allclose(first[i], np.asarray(Image.open(m.absolute_paths()[i])),
+                                   atol=1e-4)
+
+
+def test_pk_dataset_refuses_too_few_instances(bench):
+    m, _ = bench
+    with pytest.raises(ValueError, match="instances_per_batch"):
+        pipeline.pk_dataset(m.split("fir_eval"), 24, 1000, 2, 5)
