@@ -36,7 +36,7 @@ def main(argv):
     try:
         written = export.export_run(FLAGS.run_dir, FLAGS.output, FLAGS.version, FLAGS.top_k,
                                     FLAGS.gallery_manifest, FLAGS.base_path_prefix)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, KeyError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     for name, path in written.items():

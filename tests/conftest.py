@@ -18,3 +18,27 @@ try:
     )
 except RuntimeError:  # already initialised by an earlier import in this process
     pass
+
+
+import os as _os  # noqa: E402
+import subprocess as _subprocess  # noqa: E402
+import sys as _sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One `python -m flam_tf.train --preset=smoke` run (all stages, export included), shared.
+
+    Returns:
+        (run directory, the command's combined output).
+    """
+    run_dir = str(tmp_path_factory.mktemp("smoke_run"))
+    result = _subprocess.run(
+        [_sys.executable, "-m", "flam_tf.train", "--preset=smoke", f"--run_dir={run_dir}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return run_dir, result.stdout + result.stderr

@@ -52,7 +52,7 @@ def make_run_dir(root, image_size=IMAGE_SIZE, feature_dim=FEATURE_DIM, num_galle
     os.makedirs(os.path.join(root, "features"))
     os.makedirs(os.path.join(root, "data", "images"))
     with open(os.path.join(root, "config.json"), "w") as f:
-        json.dump({"data": {"image_size": image_size}, "model": {"feature_dim": feature_dim}}, f)
+        json.dump({"data": {"image_size": image_size}, "extractor": {"feature_dim": feature_dim}}, f)
     extractor, embedder, manipulator = build_models(image_size, feature_dim)
     for name, model in (("extractor", extractor), ("embedder", embedder),
                         ("manipulator", manipulator)):

@@ -258,7 +258,7 @@ def test_generator_and_discriminator_shapes_and_config():
     generator = Generator(D, K, (16, 8))
     x, _ = _separable_features(3)
     e = tf.math.l2_normalize(tf.random.normal((3, K)), axis=-1)
-    out = generator((x, e))
+    out = generator((x, e, tf.constant([0, 1, 2])))
     assert out.shape == (3, D)
     np.testing.assert_allclose(_norms(out), 1.0, rtol=1e-5)
     assert Generator.from_config(generator.get_config()).get_config() == generator.get_config()
@@ -324,7 +324,8 @@ def test_manipulate_api():
     model = _tiny_manipulator()
     x, _ = _separable_features(3)
     red = CLASSES["color"].index("red")
-    expected = model.generator((x, tf.repeat(model.embedder.dictionary("color")[red:red + 1], 3, 0)))
+    expected = model.generator((x, tf.repeat(model.embedder.dictionary("color")[red:red + 1], 3, 0),
+                                tf.fill([3], 1)))
     out = model.manipulate(x, "color", "red")
     np.testing.assert_allclose(out, expected, rtol=1e-6)
     np.testing.assert_allclose(_norms(out), 1.0, rtol=1e-5)

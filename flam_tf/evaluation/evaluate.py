@@ -138,12 +138,23 @@ def evaluate_run(ctx) -> dict:
         accuracy["manipulated"][attribute] = float(np.mean(pred == queries.target_labels[chosen, a]))
     report["attribute_accuracy"] = accuracy
 
+    # What the served `describe` signature answers after a manipulation: the embedder's nearest
+    # dictionary class of the target attribute, against the requested value.
+    success = {}
+    classified = flam_model.embedder.classify(tf.constant(manipulated[stages.FLAM]))
+    for a, attribute in enumerate(vocabulary.ATTRIBUTE_TYPES):
+        chosen = queries.attribute_index == a
+        predicted = np.asarray(classified[attribute][0])[chosen]
+        success[attribute] = float(np.mean(predicted == queries.target_value[chosen]))
+    report["describe_success"] = success
+
     # Cycle cosine: cos(x, G(G(x, e^-), e)) with e^- = d of the target value, e = phi_a(x).
     embedded = flam_model.embedder.embed(tf.constant(q_feat))
     own = np.stack([np.asarray(embedded[a]) for a in vocabulary.ATTRIBUTE_TYPES], 1)
     e_back = own[np.arange(len(q_feat)), queries.attribute_index]
-    recovered = _batched(lambda x, e: flam_model.generator([x, e]),
-                         manipulated[stages.FLAM], e_back.astype(np.float32))
+    recovered = _batched(lambda x, e, a: flam_model.generator((x, e, a)),
+                         manipulated[stages.FLAM], e_back.astype(np.float32),
+                         queries.attribute_index.astype(np.int32))
     cos = np.sum(_unit(q_feat) * _unit(recovered), axis=1)
     report["cycle_cosine"] = float(np.mean(cos))
 

@@ -58,6 +58,11 @@ def render_markdown(report: Dict) -> str:
     rows[-1].append(f"{sum(diff) / len(diff):+.3f}")
     rows[0].append("-")
     out.append(_table(["query"] + list(vocabulary.ATTRIBUTE_TYPES) + ["avg diff"], rows))
+    if "describe_success" in report:
+        out.append("\n\n## `describe` after manipulation: the embedder's class equals the target\n")
+        out.append(_table(list(vocabulary.ATTRIBUTE_TYPES),
+                          [[_fmt(report["describe_success"][a])
+                            for a in vocabulary.ATTRIBUTE_TYPES]]))
     out.append(f"\n\ncycle cosine cos(x, G(G(x, d), e)): {_fmt(report['cycle_cosine'])}\n")
     out.append("\n## Counts\n")
     out.append("```\n" + json.dumps(report["num_queries"], indent=1) + "\n```\n")

@@ -28,30 +28,40 @@ def _mlp(hidden_units, name):
 class Generator(keras.Model):
     """G(x, e) -> x~: a feature with the attribute described by e, the rest of x kept (Eq. 3).
 
-    Residual formulation: x~ = l2_normalize(x + MLP([x ; e])). The MLP only has to learn the
-    change, so G starts close to the identity (which is what the remaining attributes need) and the
-    output is a unit vector like every real feature, so it can be searched with cosine similarity.
+    Residual formulation: x~ = l2_normalize(x + MLP([x ; slot_a(e)])). The MLP only has to learn
+    the change, so G starts close to the identity (which is what the remaining attributes need) and
+    the output is a unit vector like every real feature, so it can be searched with cosine
+    similarity.
+
+    slot_a(e) places the k-dim embedding e in block a of a (n_types * k) zero vector. The paper
+    feeds [x ; e] (Sec. 3.2), but the three embedding spaces are all unit vectors in R^k, so a bare
+    e does not say which attribute type it describes; the slot does. Measured on the synthetic
+    benchmark's default preset, this is what made the target attribute move (see BUILD.md).
 
     Args:
         feature_dim: D.
         embedding_dim: k.
         hidden_units: widths of the hidden layers (LeakyReLU).
+        num_attribute_types: n_types, the number of slots.
 
     Call args:
-        inputs: tuple (features float32 [B, D], embeddings float32 [B, k]).
+        inputs: tuple (features float32 [B, D], embeddings float32 [B, k], attribute_index
+            int32 [B]).
 
     Returns:
         float32 [B, D], unit norm rows.
     """
 
-    def __init__(self, feature_dim, embedding_dim=32, hidden_units=(512, 512), **kwargs):
+    def __init__(self, feature_dim, embedding_dim=32, hidden_units=(512, 512),
+                 num_attribute_types=NUM_TYPES, **kwargs):
         super().__init__(**kwargs)
         self.feature_dim = feature_dim
         self.embedding_dim = embedding_dim
         self.hidden_units = tuple(hidden_units)
+        self.num_attribute_types = num_attribute_types
         self.hidden = _mlp(self.hidden_units, "g")
         self.delta = keras.layers.Dense(feature_dim, name="g_delta")
-        width = feature_dim + embedding_dim
+        width = feature_dim + num_attribute_types * embedding_dim
         for layer in self.hidden:
             layer.build((None, width))
             width = layer.units
@@ -59,8 +69,11 @@ class Generator(keras.Model):
         self.built = True
 
     def call(self, inputs):
-        features, embeddings = inputs
-        h = ops.concatenate([features, embeddings], axis=-1)  # [x ; e], Sec. 3.2
+        features, embeddings, attribute_index = inputs
+        slots = tf.one_hot(tf.cast(attribute_index, tf.int32), self.num_attribute_types)
+        slotted = tf.reshape(slots[:, :, None] * embeddings[:, None, :],
+                             [-1, self.num_attribute_types * self.embedding_dim])
+        h = ops.concatenate([features, slotted], axis=-1)  # [x ; slot_a(e)], Sec. 3.2
         for layer in self.hidden:
             h = layer(h)
         return ops.normalize(features + self.delta(h), axis=-1)
@@ -72,6 +85,7 @@ class Generator(keras.Model):
                 "feature_dim": self.feature_dim,
                 "embedding_dim": self.embedding_dim,
                 "hidden_units": list(self.hidden_units),
+                "num_attribute_types": self.num_attribute_types,
             }
         )
         return config
@@ -241,6 +255,7 @@ class FeatureManipulator(keras.Model):
         adv_weight=1.0,
         match_weight=1.0,
         cycle_weight=10.0,
+        teacher_weight=0.0,
         seed=0,
         **kwargs,
     ):
@@ -269,6 +284,7 @@ class FeatureManipulator(keras.Model):
         self.adv_weight = adv_weight
         self.match_weight = match_weight
         self.cycle_weight = cycle_weight
+        self.teacher_weight = teacher_weight
         self.seed = seed
 
         self.generator = Generator(feature_dim, embedding_dim, self.g_hidden, name="generator")
@@ -315,12 +331,14 @@ class FeatureManipulator(keras.Model):
         return None
 
     def call(self, inputs):
+        """G on `(features, embeddings, attribute_index)`; bare features go through G(x, phi_0(x))."""
         if isinstance(inputs, (tuple, list)):
-            features, embeddings = inputs
+            features, embeddings, attribute_index = inputs
         else:
             features = inputs
             embeddings = self.embedder.embed(features)[ATTRIBUTE_TYPES[0]]
-        return self.generator((features, embeddings))
+            attribute_index = tf.zeros(tf.shape(features)[:1], tf.int32)
+        return self.generator((features, embeddings, attribute_index))
 
     # ------------------------------------------------------------------ training
 
@@ -385,7 +403,7 @@ class FeatureManipulator(keras.Model):
 
         # Discriminator: Eq. 3 (D side) + Eq. 4 real term.
         with tf.GradientTape() as d_tape:
-            x_fake = tf.stop_gradient(self.generator((features, e_neg)))
+            x_fake = tf.stop_gradient(self.generator((features, e_neg, target_index)))
             real_logits, f_real = self.discriminator(features)
             match_real = masked_mean(
                 losses.feature_matching_loss(
@@ -415,7 +433,7 @@ class FeatureManipulator(keras.Model):
 
         # Generator: Eq. 3 (non-saturating) + Eq. 4 fake term + Eq. 5.
         with tf.GradientTape() as g_tape:
-            x_fake = self.generator((features, e_neg))  # x~ = G(x, e^-)
+            x_fake = self.generator((features, e_neg, target_index))  # x~ = G(x, e^-)
             fake_logits, f_fake = self.discriminator(x_fake)
             if self.adversarial:
                 adv_g = masked_mean(losses.generator_adversarial_loss_per_example(fake_logits), valid)
@@ -427,11 +445,24 @@ class FeatureManipulator(keras.Model):
                 ),
                 valid,
             )
-            x_rec = self.generator((x_fake, e_own))  # G(G(x, e^-), phi_a(x))
+            if self.teacher_weight:
+                # The Eq. 4 fake term measured by the frozen embedders themselves (phi(x~)), not
+                # only through D's learned copy f: G cannot satisfy a D that f mis-generalises on.
+                teacher = masked_mean(
+                    losses.feature_matching_loss(
+                        self.embedder(x_fake), fake_target, target_index, self.matching,
+                        per_example=True,
+                    ),
+                    valid,
+                )
+            else:
+                teacher = zero
+            x_rec = self.generator((x_fake, e_own, target_index))  # G(G(x, e^-), phi_a(x))
             cycle = masked_mean(losses.cycle_consistency_loss(features, x_rec, per_example=True),
                                 valid)
             g_loss = check_finite(
-                self.adv_weight * adv_g + self.match_weight * match_fake + self.cycle_weight * cycle,
+                self.adv_weight * adv_g + self.match_weight * match_fake + self.cycle_weight * cycle
+                + self.teacher_weight * teacher,
                 "FeatureManipulator g_loss",
             )
             g_replica_loss = scaled_loss(g_loss)
@@ -470,7 +501,8 @@ class FeatureManipulator(keras.Model):
             float32 [B, D], unit norm rows.
         """
         dictionary_vectors = self.embedder.dictionary_vector(attribute_idx, value_idx)
-        return self.generator((tf.convert_to_tensor(features, tf.float32), dictionary_vectors))
+        return self.generator((tf.convert_to_tensor(features, tf.float32), dictionary_vectors,
+                               attribute_idx))
 
     def manipulate(self, features, attribute, value=None):
         """Manipulates features by attribute and class names.
@@ -519,6 +551,7 @@ class FeatureManipulator(keras.Model):
                 "adv_weight": self.adv_weight,
                 "match_weight": self.match_weight,
                 "cycle_weight": self.cycle_weight,
+                "teacher_weight": self.teacher_weight,
                 "seed": self.seed,
             }
         )

@@ -408,8 +408,9 @@ def export_run(run_dir: str, output: Optional[str] = None, version: Optional[int
         "version" -> the version (as str).
     """
     config, extractor, manipulator = load_run_models(run_dir)
-    image_size = int(config["data"]["image_size"])
-    feature_dim = int(config["model"]["feature_dim"])
+    # Widths come from the trained models themselves, not from config keys that could drift.
+    image_size = int(extractor.image_size)
+    feature_dim = int(extractor.output_dim)
     output = os.path.abspath(output or os.path.join(run_dir, "export"))
     version = int(version) if version is not None else next_version(output)
     if version < 1:

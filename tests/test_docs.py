@@ -1,0 +1,103 @@
+"""The documentation's commands point at things that exist (fast: no TensorFlow import).
+
+* every `python -m <module>` in README.md and BUILD.md names a module of this checkout (a file, or a
+  package with `__main__.py`) or an installed one (`pip`, `pytest`, `venv`);
+* every `--flag` given to `python -m flam_tf.train` in BUILD.md (in its commands, in the flag table
+  of its section 3.3, and every `--<section>_<field>` anywhere) is an absl flag that
+  `flam_tf.train` defines (checked in a subprocess, so this test never adds flags to the pytest
+  process's global FLAGS, where other modules define flags of the same names).
+"""
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = ("README.md", "BUILD.md")
+MODULE = re.compile(r"\bpython3?\s+-m\s+([A-Za-z_][\w.]*)")
+# Where a flam_tf.train command ends inside a logical line: shell separators, inline-code ticks.
+COMMAND_END = re.compile(r"`|&&|\|\||\||;|\s#|\)")
+FLAG = re.compile(r"(?<![\w-])--([A-Za-z][\w]*)")
+ABSL_BUILTINS = {"help", "helpfull", "helpshort", "helpxml", "flagfile", "undefok"}
+
+
+def read(name):
+    with open(os.path.join(REPO, name), encoding="utf-8") as f:
+        return f.read()
+
+
+def logical_lines(text):
+    """Lines with shell continuations (a trailing backslash) joined."""
+    return re.sub(r"\\\n\s*", " ", text).splitlines()
+
+
+def resolves(module):
+    parts = module.split(".")
+    if os.path.isdir(os.path.join(REPO, parts[0])) or os.path.isfile(
+            os.path.join(REPO, parts[0] + ".py")):
+        base = os.path.join(REPO, *parts)
+        return os.path.isfile(base + ".py") or os.path.isfile(os.path.join(base, "__main__.py"))
+    return importlib.util.find_spec(parts[0]) is not None
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_python_m_modules_resolve(doc):
+    modules = set(MODULE.findall(read(doc)))
+    assert modules, f"no `python -m` command found in {doc}"
+    missing = sorted(m for m in modules if not resolves(m))
+    assert not missing, f"{doc} runs modules that do not exist: {missing}"
+
+
+def train_flags_in(text):
+    """{flag name} of every `python -m flam_tf.train ...` command in `text`."""
+    found = set()
+    for line in logical_lines(text):
+        for match in re.finditer(r"-m\s+flam_tf\.train\b", line):
+            rest = line[match.end():]
+            end = COMMAND_END.search(rest)
+            found.update(FLAG.findall(rest[:end.start()] if end else rest))
+    return found
+
+
+# Config-override flags (`--<section>_<field>`) belong to flam_tf.train wherever they appear.
+SECTION_FLAG = re.compile(r"(?<![\w-])--((?:data|extractor|embedder|manipulator|baselines|evaluation"
+                          r"|runtime)_\w+)")
+# Flags of the other CLIs that happen to look like one (`python -m flam_tf.data.readers --data_dir`).
+NOT_TRAIN_FLAGS = {"data_dir"}
+
+
+def train_section_table_flags(text):
+    """Flags in the table rows of BUILD.md's `python -m flam_tf.train` section (3.3)."""
+    match = re.search(r"^### 3\.3 .*?$(.*?)^###? ", text, re.S | re.M)
+    assert match, "BUILD.md has no section 3.3 (python -m flam_tf.train)"
+    rows = [line for line in match.group(1).splitlines() if line.startswith("|")]
+    return {f for line in rows for f in FLAG.findall(line)}
+
+
+def test_train_flags_in_build_md_are_defined():
+    text = read("BUILD.md")
+    used = train_flags_in(text) | (set(SECTION_FLAG.findall(text)) - NOT_TRAIN_FLAGS) \
+        | train_section_table_flags(text)
+    # The parse found the commands (an empty set would make this test pass vacuously).
+    assert {"preset", "run_dir", "stages", "force", "data_extractor_source"} <= used, sorted(used)
+    out = subprocess.run(
+        [sys.executable, "-c", "import json, flam_tf.train as t; print(json.dumps(sorted(t.FLAGS)))"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert out.returncode == 0, out.stderr
+    defined = set(json.loads(out.stdout.strip().splitlines()[-1])) | ABSL_BUILTINS
+    # absl accepts --noFLAG for a boolean FLAG.
+    unknown = sorted(f for f in used if f not in defined
+                     and not (f.startswith("no") and f[2:] in defined))
+    assert not unknown, f"BUILD.md passes flags flam_tf.train does not define: {unknown}"
+
+
+def test_train_flag_parser_sees_continuations_and_stops_at_separators():
+    text = ("python -m flam_tf.train --preset=smoke \\\n    --run_dir /tmp/x && ls --color\n"
+            "`python -m flam_tf.train --stages=export` then `python -m export --top_k 5`")
+    assert train_flags_in(text) == {"preset", "run_dir", "stages"}

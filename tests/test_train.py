@@ -1,0 +1,145 @@
+"""`python -m flam_tf.train`: the files a run leaves, skipping and resuming, the report's numbers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from flam_tf import config as config_lib
+from flam_tf import vocabulary
+from flam_tf.evaluation import metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_smoke_run_leaves_every_file(smoke_run):
+    run_dir, output = smoke_run
+    for name in ("config.json", "stages.json", "report.json", "report.md", "data/manifest.csv",
+                 "models/extractor.keras", "models/embedder.keras", "models/manipulator.keras",
+                 "models/cls_concat.keras", "models/emb_concat.keras",
+                 "features/features.npz", "features/fam_gallery.npz",
+                 "figures/figure2_manipulation.png", "figures/figure3_embeddings.png",
+                 "figures/training_curves.png", "export/models.config"):
+        assert os.path.exists(os.path.join(run_dir, name)), name
+    assert os.path.isdir(os.path.join(run_dir, "checkpoints"))
+    assert any(f.startswith("events.") for _, _, files in os.walk(os.path.join(run_dir, "logs"))
+               for f in files), "no TensorBoard event files under logs/"
+    with open(os.path.join(run_dir, "stages.json")) as f:
+        assert list(json.load(f)) == list(config_lib.STAGES)
+    assert "report: " in output and "FAM T@10" in output  # the terminal summary table
+
+
+def test_report_json_has_the_documented_keys(smoke_run):
+    run_dir, _ = smoke_run
+    with open(os.path.join(run_dir, "report.json")) as f:
+        report = json.load(f)
+    for key in ("fir", "fam", "twin_recall", "attribute_accuracy", "cycle_cosine", "num_queries",
+                "timings_s", "dataset", "preset", "seed"):
+        assert key in report, key
+    assert set(report["fir"]) == {"FLAM", "Cls-Concat", "Emb-Concat"}
+    assert set(report["fir"]["FLAM"]) == {"in-shop", "consumer-to-shop"}
+    assert {"Identity", "FLAM(M/OS/Adv)", "Cls-Concat", "Emb-Concat"} <= set(report["fam"])
+    for method in report["fam"].values():
+        assert set(method) == {"shape", "color", "pattern", "all"}
+        assert [f"T@{k}" for k in metrics.FAM_KS] == [k for k in method["all"] if k.startswith("T@")]
+    assert set(report["twin_recall"]["Identity"]) >= {"R@1", "R@10", "R@50"}
+    assert set(report["attribute_accuracy"]) == {"original", "manipulated"}
+    assert report["preset"] == "smoke" and report["dataset"] == "synthetic"
+    assert report["timings_s"]["total"] > 0
+
+
+def test_fam_gallery_npz_recomputes_identity_t_at_k(smoke_run):
+    """An independent numpy recomputation of the Identity row from the saved feature store."""
+    run_dir, _ = smoke_run
+    with np.load(os.path.join(run_dir, "features", "fam_gallery.npz"), allow_pickle=False) as z:
+        feature, twin_of = z["feature"], z["twin_of"]
+        labels = np.stack([[vocabulary.CLASSES[a].index(v) for v in z[a]]
+                           for a in vocabulary.ATTRIBUTE_TYPES], 1)
+        assert feature.dtype == np.float32 and feature.ndim == 2
+        assert set(z.files) >= {"feature", "instance_id", "shape", "color", "pattern", "twin_of"}
+    query = np.nonzero(twin_of == "")[0]
+    sims = feature @ feature.T
+    hits = {k: [] for k in (1, 10)}
+    combos = {tuple(r) for r in labels.tolist()}
+    for q in query:
+        order = [g for g in np.argsort(-sims[q], kind="stable") if g != q]
+        for a in range(3):
+            for v in range(10):
+                target = labels[q].copy()
+                if v == target[a]:
+                    continue
+                target[a] = v
+                if tuple(target) not in combos:
+                    continue
+                match = np.all(labels[order] == target, axis=1)
+                for k in hits:
+                    hits[k].append(bool(match[:k].any()))
+    with open(os.path.join(run_dir, "report.json")) as f:
+        identity = json.load(f)["fam"]["Identity"]["all"]
+    for k in hits:
+        assert identity[f"T@{k}"] == pytest.approx(np.mean(hits[k]), abs=1e-6)
+
+
+def test_rerun_skips_finished_stages(smoke_run):
+    run_dir, _ = smoke_run
+    result = subprocess.run([sys.executable, "-m", "flam_tf.train", "--preset=smoke",
+                             f"--run_dir={run_dir}", "--stages=data,extractor"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "== data: finished earlier, skipped" in result.stdout
+    assert "== extractor: finished earlier, skipped" in result.stdout
+
+
+def test_other_settings_in_the_same_run_dir_are_refused(smoke_run):
+    run_dir, _ = smoke_run
+    result = subprocess.run([sys.executable, "-m", "flam_tf.train", "--preset=smoke",
+                             f"--run_dir={run_dir}", "--extractor_epochs=7", "--stages=data"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "extractor.epochs: 2 -> 7" in result.stderr
+
+
+def test_unknown_stage_and_preset_are_usage_errors(tmp_path):
+    for flag in ("--stages=data,bogus", "--preset=huge"):
+        result = subprocess.run([sys.executable, "-m", "flam_tf.train", flag,
+                                 f"--run_dir={tmp_path}"], cwd=REPO, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode != 0
+        assert ("bogus" in result.stderr) or ("huge" in result.stderr)
+
+
+def test_killed_run_resumes_from_its_last_epoch(tmp_path):
+    """Really interrupts a run mid-extractor (SIGKILL), then reruns the same command."""
+    run_dir = str(tmp_path / "run")
+    cmd = [sys.executable, "-m", "flam_tf.train", "--preset=smoke", f"--run_dir={run_dir}",
+           "--stages=data,extractor", "--extractor_epochs=6"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    backup = os.path.join(run_dir, "checkpoints", "extractor")
+    deadline = time.time() + 240
+    # Wait for the second epoch's backup, then kill without warning.
+    while time.time() < deadline:
+        history = os.path.join(backup, "training_metadata.json")
+        if os.path.exists(history):
+            with open(history) as f:
+                if json.load(f).get("epoch", -1) >= 1:
+                    break
+        time.sleep(0.2)
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+    else:
+        pytest.fail("no epoch backup appeared")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with open(os.path.join(run_dir, "stages.json")) as f:
+        assert list(json.load(f)) == ["data"]  # the extractor never finished
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "== data: finished earlier, skipped" in result.stdout
+    out = result.stdout + result.stderr
+    assert "Epoch 1/6" not in out and "Epoch 6/6" in out  # resumed, not restarted
+    assert os.path.exists(os.path.join(run_dir, "models", "extractor.keras"))
