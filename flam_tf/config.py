@@ -70,13 +70,17 @@ class ManipulatorConfig:
     online_sampling: bool = True
     g_hidden: int = 512
     d_hidden: int = 512
-    adv_weight: float = 1.0
+    # Loss weights, tuned on the synthetic default preset (BUILD.md, "Tuning the manipulator"):
+    # a strong adversarial term is what keeps x~ on the manifold of real features.
+    adv_weight: float = 5.0
     match_weight: float = 10.0
-    cycle_weight: float = 10.0
+    cycle_weight: float = 3.0
+    # Ours, not the paper's: Eq. 4's fake term also measured by the frozen embedders (0 = off).
+    teacher_weight: float = 5.0
     batch_size: int = 256
-    epochs: int = 20
-    g_learning_rate: float = 2e-4
-    d_learning_rate: float = 2e-4
+    epochs: int = 40
+    g_learning_rate: float = 1e-3
+    d_learning_rate: float = 2e-3
 
 
 @dataclasses.dataclass

@@ -264,7 +264,8 @@ def _train_manipulator(ctx: Context, variant: str) -> float:
                                    d_hidden=(c.d_hidden, c.d_hidden), matching=matching,
                                    adversarial=adversarial, online_sampling=online,
                                    adv_weight=c.adv_weight, match_weight=c.match_weight,
-                                   cycle_weight=c.cycle_weight, seed=ctx.config.runtime.seed)
+                                   cycle_weight=c.cycle_weight, teacher_weight=c.teacher_weight,
+                                   seed=ctx.config.runtime.seed)
         model.compile(g_optimizer=keras.optimizers.Adam(c.g_learning_rate, beta_1=0.5),
                       d_optimizer=keras.optimizers.Adam(c.d_learning_rate, beta_1=0.5))
     history = model.fit(_feature_dataset(x, None, min(c.batch_size, len(x)),

@@ -455,3 +455,26 @@ def test_baseline_train_represent_prototypes_manipulate(cls, tmp_path):
     loaded = _save_load(model, tmp_path, cls.__name__)
     np.testing.assert_allclose(loaded.represent(features), r, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(loaded.prototypes["shape"], model.prototypes["shape"])
+
+
+def test_generator_slot_tells_attribute_types_apart():
+    """The same e in another attribute's slot is a different request (Generator docstring)."""
+    generator = Generator(D, K, (16,))
+    x, _ = _separable_features(2)
+    e = tf.math.l2_normalize(tf.random.normal((1, K), seed=1), axis=-1)
+    e = tf.repeat(e, 2, axis=0)
+    as_color = generator((x, e, tf.constant([1, 1])))
+    as_shape = generator((x, e, tf.constant([0, 0])))
+    assert np.max(np.abs(np.asarray(as_color) - np.asarray(as_shape))) > 1e-4
+
+
+def test_teacher_weight_adds_the_embedder_matching_term():
+    features, target = _gan_batch()
+    off = _compiled(_tiny_manipulator(teacher_weight=0.0))
+    on = _compiled(_tiny_manipulator(teacher_weight=2.0))
+    on.set_weights(off.get_weights())
+    g_off = off.evaluate(features, target, batch_size=16, verbose=0, return_dict=True)["g_loss"]
+    g_on = on.evaluate(features, target, batch_size=16, verbose=0, return_dict=True)["g_loss"]
+    # g_loss gains 2 * ||phi(x~) - target||, a positive distance for an untrained G.
+    assert g_on > g_off + 1e-3
+    assert on.get_config()["teacher_weight"] == 2.0

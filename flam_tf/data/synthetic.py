@@ -524,7 +524,8 @@ def _pattern(u, v, pattern: str, jit: np.ndarray, aa):
             phase = (seed * 0.37 * (k + 3)) % (2 * np.pi)
             field = field + np.sin(freq * (u * np.cos(ang) + v * np.sin(ang)) + phase)
         # Three tones: base, ink, half ink.
-        return np.clip((field - 0.4) * 3, 0, 1) + 0.5 * np.clip((-field - 0.9) * 3, 0, 1)
+        # About 30% ink and 20% half ink: the garment colour stays the dominant one.
+        return np.clip((field - 0.8) * 3, 0, 1) + 0.5 * np.clip((-field - 1.4) * 3, 0, 1)
     if pattern == "colorblock":
         ang = jit[..., J["block_angle"]] + np.pi / 2
         off = jit[..., J["block_offset"]]

@@ -5,6 +5,8 @@ Methods:
   FLAM(M/OS/Adv)    G(x, d_{a,value}) with the default manipulator (Sec. 3.3)
   FLAM(...)         the Table 3 ablations, when trained (--evaluation_ablations)
   Cls-Concat, Emb-Concat   replace the target attribute's block with the class prototype
+  Mean-Shift        a reference of ours: x + (class mean of the target) - (class mean of the
+                    embedder's predicted source class), over attribute_train features
 FIR uses the FLAM feature itself (manipulation never touches the gallery) and the two concat
 representations of the same images (Table 4).
 """
@@ -23,6 +25,7 @@ from flam_tf.evaluation import report as report_lib
 IDENTITY = "Identity"
 CLS_CONCAT = "Cls-Concat"
 EMB_CONCAT = "Emb-Concat"
+MEAN_SHIFT = "Mean-Shift"
 FLAM_FEATURE = "FLAM"
 
 
@@ -105,6 +108,20 @@ def evaluate_run(ctx) -> dict:
         methods.append((variant, out, gallery))
         if variant == stages.FLAM:
             flam_model = model
+    # Mean-Shift (a reference, not in the paper): x + mu_target - mu_source over attribute_train
+    # class means, the source class as the embedder predicts it (no evaluation labels used).
+    train = m["split"] == "attribute_train"
+    predicted = flam_model.embedder.classify(tf.constant(q_feat))
+    source = np.stack([np.asarray(predicted[a][0]) for a in vocabulary.ATTRIBUTE_TYPES], 1)
+    shift = np.zeros_like(q_feat)
+    for a, attribute in enumerate(vocabulary.ATTRIBUTE_TYPES):
+        labelled = train & (labels_all[:, a] >= 0)
+        means = np.stack([features[labelled & (labels_all[:, a] == c)].mean(0)
+                          if np.any(labelled & (labels_all[:, a] == c)) else np.zeros(q_feat.shape[1])
+                          for c in range(vocabulary.NUM_CLASSES[attribute])])
+        rows = queries.attribute_index == a
+        shift[rows] = means[queries.target_value[rows]] - means[source[rows, a]]
+    methods.append((MEAN_SHIFT, _unit(q_feat + shift), gallery))
     for name, stem in ((CLS_CONCAT, "cls_concat"), (EMB_CONCAT, "emb_concat")):
         model = keras.saving.load_model(ctx.run.model_path(stem))
         rep_gallery = _batched(model.represent, gallery)
@@ -126,7 +143,6 @@ def evaluate_run(ctx) -> dict:
         report["twin_recall"][name] = tr
 
     # Table 5: a simple classifier on original training features.
-    train = m["split"] == "attribute_train"
     accuracy = {"original": {}, "manipulated": {}}
     for a, attribute in enumerate(vocabulary.ATTRIBUTE_TYPES):
         probe = linear_probe(features[train], labels_all[train, a],
