@@ -310,9 +310,10 @@ def test_manipulator_config_and_save_with_nested_embedder(tmp_path):
     assert isinstance(clone.embedder, AttributeEmbedder) and not clone.embedder.trainable
 
     x, _ = _separable_features(4)
-    e = model.embedder.dictionary_vector(tf.constant([1, 1, 0, 2]), tf.constant([0, 3, 2, 9]))
+    a = tf.constant([1, 1, 0, 2])
+    e = model.embedder.dictionary_vector(a, tf.constant([0, 3, 2, 9]))
     loaded = _save_load(model, tmp_path, "manipulator")
-    np.testing.assert_allclose(loaded((x, e)), model((x, e)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loaded((x, e, a)), model((x, e, a)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(loaded.embedder(x), model.embedder(x), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
         loaded.manipulate(x, "color", "red"), model.manipulate(x, "color", "red"), rtol=1e-5,
