@@ -913,14 +913,26 @@ def explanations(res):
                      f"of its in-memory step ({_fmt(ref['median'])} {ref['unit']}"
                      + (f", itself {fr:.0%} of the matmul ceiling" if fr is not None else "")
                      + f"): at the in-memory rate its {examples:,.0f} examples would take "
-                     f"{inside:.0f} s, so about {top['median'] - inside:.0f} s go elsewhere: "
-                     "slower steps while the input pipeline and the other job share the cores, "
-                     "and the per-epoch fixed work of `fit` (BackupAndRestore checkpoints of "
-                     "both networks and optimizers, TensorBoard summaries, refilling the "
-                     "full-size shuffle buffer), tracing and the model save. Not profiled "
-                     "further here; what would speed it up most is that fixed per-epoch work "
-                     "(fewer, longer epochs, or checkpoints every few epochs) before the "
-                     "arithmetic, which already runs near the rate measured in memory.")
+                     f"{inside:.0f} s, so about {top['median'] - inside:.0f} s go elsewhere "
+                     "(slower steps while the input pipeline and the other job share the cores, "
+                     "the per-epoch work of `fit`: BackupAndRestore checkpoints, TensorBoard "
+                     "summaries, refilling the shuffle buffer; tracing; the model save).")
+            flops = (res.get(rate["ratio_to"] + "_fraction_of_matmul") or {}).get(
+                "flops_per_example")
+            if top["median"] - inside < 0.25 * top["median"]:
+                line += (" So the step itself is the lever, and it already runs at a good "
+                         "fraction of the ceiling: what would speed the stage up most is less "
+                         "work, i.e. fewer epochs if the FAM metrics allow, or fewer FLOPs per "
+                         + (f"example ({_fmt(flops / 1e6)} MFLOP" if flops else "example (")
+                         + ": G runs twice per example, for the edit and the cycle "
+                         "reconstruction, D on real and edited features, plus the frozen "
+                         "embedders, forward and backward). Lower precision is untested for "
+                         "these 512-wide MLPs: the manipulator does not train under "
+                         "`mixed_bfloat16` today (a float32/bfloat16 mismatch in its step, seen "
+                         "while preparing this report).")
+            else:
+                line += (" The fixed per-epoch work is the bigger lever here: checkpoint every "
+                         "few epochs, or use fewer, longer epochs.")
         out.append(line)
     pipe = [r for r in res.items if r["name"].startswith("pipeline_pk_dataset_")]
     if job and pipe and ex:
@@ -931,8 +943,12 @@ def explanations(res):
             f"pipeline alone (`{pipe[-1]['name']}`: read, PNG decode, augment) delivers "
             f"{_fmt(x)} images/s; pipeline and training share the same 2 cores, so together "
             f"they can reach about 1/(1/{_fmt(x)} + 1/{_fmt(y)}) = {_fmt(1 / (1 / x + 1 / y))} "
-            "images/s; the rest of the gap is the stage's fixed costs (tracing the first "
-            "step, per-epoch checkpoints and summaries, saving the model).")
+            "images/s" + ("; the stage runs at that combined rate, so its gap to the in-memory "
+                          "step is the pipeline's share of the cores (holding decoded images in "
+                          "memory would remove the decode part of it)."
+                          if job["median"] >= 0.9 / (1 / x + 1 / y) else
+                          "; the rest of the gap is the stage's fixed costs (tracing the first "
+                          "step, per-epoch checkpoints and summaries, saving the model)."))
     emb = g("embedder_train_fraction_of_matmul")
     man = g("manipulator_train_fraction_of_matmul")
     if emb is not None and man is not None:
@@ -957,7 +973,11 @@ def explanations(res):
             "scores, against OpenBLAS sgemv plus `argpartition` (not investigated further; the "
             "layer is `GalleryIndex` in flam_tf/serving/export.py). The Python call cost is not "
             "one TF Serving's C++ server would pay, but that server cannot run here to measure "
-            "(STACK.md). At batch 64 the searcher is the fastest of the three ("
+            "(STACK.md). numpy's batch-1 times swing most with the other job's load (its "
+            "OpenBLAS threads spin on a shared machine: at 10k they ranged from "
+            f"{_fmt(g('search_numpy_10000_batch1', 'min'))} to "
+            f"{_fmt(g('search_numpy_10000_batch1', 'max'))} ms in this run), so the 10k ratio "
+            "moves from run to run. At batch 64 the searcher is the fastest of the three ("
             + ", ".join(f"x{g(f'search_searcher_{n}_batch64', 'ratio'):.2f} at {n:,}"
                         for n, _ in batch1)
             + " vs numpy): `tf.math.top_k` on both cores beats numpy's single-threaded "

@@ -73,10 +73,10 @@ class ManipulatorConfig:
     # Loss weights, tuned on the synthetic default preset (BUILD.md, "Tuning the manipulator"):
     # a strong adversarial term is what keeps x~ on the manifold of real features.
     adv_weight: float = 5.0
-    match_weight: float = 10.0
+    match_weight: float = 20.0
     cycle_weight: float = 3.0
     # Ours, not the paper's: Eq. 4's fake term also measured by the frozen embedders (0 = off).
-    teacher_weight: float = 5.0
+    teacher_weight: float = 10.0
     batch_size: int = 256
     epochs: int = 40
     g_learning_rate: float = 1e-3
