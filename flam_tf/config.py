@@ -44,21 +44,21 @@ class ExtractorConfig:
     margin: float = 0.2  # triplet margin
     instances_per_batch: int = 16  # P of a PK batch
     images_per_instance: int = 4  # K of a PK batch
-    epochs: int = 12
-    steps_per_epoch: int = 100
-    learning_rate: float = 3e-3
+    epochs: int = 12  # training epochs (each steps_per_epoch PK batches)
+    steps_per_epoch: int = 100  # PK batches per epoch
+    learning_rate: float = 3e-3  # Adam, cosine-decayed to 5% over the run
 
 
 @dataclasses.dataclass
 class EmbedderConfig:
     """Attribute-specific embedders phi_a and dictionaries d_a (Eq. 2)."""
 
-    embedding_dim: int = 32  # k
-    hidden_units: int = 256
-    margin: float = 0.2
-    batch_size: int = 128
-    epochs: int = 60
-    learning_rate: float = 1e-3
+    embedding_dim: int = 32  # k, the width of each e_a and d_a
+    hidden_units: int = 256  # hidden width of each phi_a MLP
+    margin: float = 0.2  # triplet margin of Eq. 2 (cosine distance)
+    batch_size: int = 128  # features per batch
+    epochs: int = 60  # passes over the attribute_train features
+    learning_rate: float = 1e-3  # Adam
 
 
 @dataclasses.dataclass
@@ -66,31 +66,31 @@ class ManipulatorConfig:
     """Query feature manipulator G, D (Eq. 3-5) and the Table 3 switches."""
 
     matching: str = "M"  # M: target + remaining attributes, S: target only
-    adversarial: bool = True
-    online_sampling: bool = True
-    g_hidden: int = 512
-    d_hidden: int = 512
+    adversarial: bool = True  # Eq. 3 on/off (Table 3 'Adv')
+    online_sampling: bool = True  # Sec. 4.1 partner choice on/off (Table 3 'OS')
+    g_hidden: int = 512  # width of G's two hidden layers
+    d_hidden: int = 512  # width of D's two hidden layers
     # Loss weights, tuned on the synthetic default preset (BUILD.md, "Tuning the manipulator"):
     # a strong adversarial term is what keeps x~ on the manifold of real features.
-    adv_weight: float = 5.0
-    match_weight: float = 20.0
-    cycle_weight: float = 3.0
+    adv_weight: float = 5.0  # weight of Eq. 3
+    match_weight: float = 20.0  # weight of Eq. 4 (through D's matching head)
+    cycle_weight: float = 3.0  # weight of Eq. 5
     # Ours, not the paper's: Eq. 4's fake term also measured by the frozen embedders (0 = off).
-    teacher_weight: float = 10.0
-    batch_size: int = 256
-    epochs: int = 40
-    g_learning_rate: float = 1e-3
-    d_learning_rate: float = 2e-3
+    teacher_weight: float = 10.0  # weight of Eq. 4 measured by the frozen embedders (ours; 0 = off)
+    batch_size: int = 256  # features per batch (partners are chosen within it)
+    epochs: int = 40  # passes over all training features
+    g_learning_rate: float = 1e-3  # Adam (beta_1 0.5) for G
+    d_learning_rate: float = 2e-3  # Adam (beta_1 0.5) for D
 
 
 @dataclasses.dataclass
 class BaselineConfig:
     """Cls-Concat and Emb-Concat baselines (Tables 3-4)."""
 
-    block_dim: int = 96  # the paper's 341 (3 x 341 = 1023 ~ its 1024-d feature)
-    batch_size: int = 128
-    epochs: int = 60
-    learning_rate: float = 1e-3
+    block_dim: int = 96  # per-attribute block width; the paper's 341 (3 x 341 = 1023)
+    batch_size: int = 128  # features per batch
+    epochs: int = 60  # passes over the attribute_train features
+    learning_rate: float = 1e-3  # Adam
 
 
 @dataclasses.dataclass
@@ -101,7 +101,7 @@ class EvaluationConfig:
 
 @dataclasses.dataclass
 class RuntimeConfig:
-    seed: int = 0
+    seed: int = 0  # seeds data, initialisation and sampling
     strategy: str = "default"  # default | mirrored | multi_worker
 
 
@@ -199,6 +199,21 @@ def overridable_fields() -> List[Tuple[str, str, dataclasses.Field]]:
             continue
         for f in dataclasses.fields(type(getattr(ExperimentConfig(), section.name))):
             out.append((section.name, f.name, f))
+    return out
+
+
+def field_help() -> Dict[str, str]:
+    """'section.field' -> the comment written beside the field above (the flags' help text)."""
+    import inspect
+    import re
+
+    out = {}
+    for section in dataclasses.fields(ExperimentConfig):
+        if section.name == "preset":
+            continue
+        source = inspect.getsource(type(getattr(ExperimentConfig(), section.name)))
+        for match in re.finditer(r"^    (\w+): [^=\n]+=[^#\n]*#\s*(.+)$", source, re.M):
+            out[f"{section.name}.{match.group(1)}"] = match.group(2).strip()
     return out
 
 

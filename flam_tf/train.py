@@ -36,12 +36,14 @@ flags.DEFINE_bool("ablations", None, "Also train and report the Table 3 ablation
 _FLAG_TYPES = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
                str: flags.DEFINE_string}
 # One optional flag per config field; None means "keep the preset's value".
+_HELP = config_lib.field_help()
 for _section, _name, _field in config_lib.overridable_fields():
     _default = _field.default if _field.default is not config_lib.dataclasses.MISSING else None
     _define = _FLAG_TYPES.get(type(_default))
     if _define is not None:
-        _define(f"{_section}_{_name}", None, f"{_section}.{_name} (preset value if unset; "
-                f"default preset: {_default!r})")
+        _define(f"{_section}_{_name}", None,
+                f"{_HELP.get(f'{_section}.{_name}', f'{_section}.{_name}')} "
+                f"(unset: the preset's value; default preset: {_default!r})")
 
 
 def resolve_config(flag_values=FLAGS) -> config_lib.ExperimentConfig:
