@@ -200,8 +200,8 @@ def label_matrix(m: manifest_lib.Manifest) -> np.ndarray:
 
 
 def _feature_dataset(x, y, batch_size: int, seed: int):
-    data = (x,) if y is None else (x, y)
-    ds = tf.data.Dataset.from_tensor_slices(data if y is not None else x)
+    """Shuffled batches of features (and labels, unless y is None), reshuffled every epoch."""
+    ds = tf.data.Dataset.from_tensor_slices(x if y is None else (x, y))
     return ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(
         batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 

@@ -35,7 +35,7 @@ writes DIR/images/<split>/*.png, DIR/manifest.csv and DIR/contact_sheet.png.
 import dataclasses
 import os
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 

@@ -11,6 +11,7 @@ FIR uses the FLAM feature itself (manipulation never touches the gallery) and th
 representations of the same images (Table 4).
 """
 
+import os
 import time
 from typing import Dict, List, Tuple
 
@@ -41,7 +42,6 @@ def fir_report(features, m, represent=None) -> Dict[str, Dict[str, float]]:
     """R@k for in-shop and consumer-to-shop retrieval in the given representation."""
     out = {}
     fir = m["split"] == "fir_eval"
-    x = features if represent is None else None
     for protocol, (q_role, g_role) in {"in-shop": ("inshop_query", "inshop_gallery"),
                                        "consumer-to-shop": ("c2s_query", "c2s_gallery")}.items():
         q, g = fir & m.has_role(q_role), fir & m.has_role(g_role)
@@ -53,7 +53,6 @@ def fir_report(features, m, represent=None) -> Dict[str, Dict[str, float]]:
         k = min(max(metrics.FIR_KS), int(g.sum()))
         ranked, _ = metrics.cosine_top_k(fq, fg, k)
         out[protocol] = metrics.recall_at_k(m["instance_id"][q], m["instance_id"][g], ranked)
-    del x
     return out
 
 
@@ -121,7 +120,7 @@ def evaluate_run(ctx) -> dict:
                           for c in range(vocabulary.NUM_CLASSES[attribute])])
         rows = queries.attribute_index == a
         shift[rows] = means[queries.target_value[rows]] - means[source[rows, a]]
-    methods.append((MEAN_SHIFT, _unit(q_feat + shift), gallery))
+    methods.append((MEAN_SHIFT, metrics.l2_normalize(q_feat + shift), gallery))
     for name, stem in ((CLS_CONCAT, "cls_concat"), (EMB_CONCAT, "emb_concat")):
         model = keras.saving.load_model(ctx.run.model_path(stem))
         rep_gallery = _batched(model.represent, gallery)
@@ -171,7 +170,7 @@ def evaluate_run(ctx) -> dict:
     recovered = _batched(lambda x, e, a: flam_model.generator((x, e, a)),
                          manipulated[stages.FLAM], e_back.astype(np.float32),
                          queries.attribute_index.astype(np.int32))
-    cos = np.sum(_unit(q_feat) * _unit(recovered), axis=1)
+    cos = np.sum(metrics.l2_normalize(q_feat) * metrics.l2_normalize(recovered), axis=1)
     report["cycle_cosine"] = float(np.mean(cos))
 
     report["num_queries"] = {
@@ -203,11 +202,5 @@ def evaluate_run(ctx) -> dict:
     return report
 
 
-def _unit(x):
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def _exists(ctx, stem):
-    import os
-
     return os.path.exists(ctx.run.model_path(stem))

@@ -38,7 +38,7 @@ def write_all(ctx, report, queries, fam_rows, ranked, manipulated, flam_model) -
     return [os.path.relpath(p, ctx.run.root) for p in paths]
 
 
-def _load_image(ctx, path: str, size: int) -> "Image.Image":
+def _load_image(ctx, path: str, size: int):
     from PIL import Image
 
     full = path if os.path.isabs(path) else os.path.join(ctx.manifest.root, path)

@@ -33,7 +33,8 @@ def top_k_key(k):
     return f"T@{k}"
 
 
-def _l2_normalize(x):
+def l2_normalize(x):
+    """Rows of x scaled to unit L2 norm (float32 [N, D]; zero rows stay zero)."""
     x = np.asarray(x, dtype=np.float32)
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norm, 1e-12)
@@ -61,8 +62,8 @@ def cosine_top_k(queries, gallery, k, exclude=None, batch_size=1024):
     """
     if k < 1:
         raise ValueError(f"k must be at least 1. Received: k={k}")
-    queries = _l2_normalize(queries)
-    gallery = _l2_normalize(gallery)
+    queries = l2_normalize(queries)
+    gallery = l2_normalize(gallery)
     if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
         raise ValueError(
             f"Expected queries [Q, D] and gallery [N, D]. Received: queries.shape={queries.shape},"

@@ -27,7 +27,7 @@ def _table(header: List[str], rows: List[List[str]]) -> str:
 
 def render_markdown(report: Dict) -> str:
     """Markdown tables of a report dict (Tables 2-5 layout)."""
-    out = [f"# FLAM run report\n",
+    out = ["# FLAM run report\n",
            f"dataset: {report.get('dataset')} · preset: {report.get('preset')} · "
            f"seed: {report.get('seed')}\n"]
     fam_ks = [metrics.top_k_key(k) for k in metrics.FAM_KS]
