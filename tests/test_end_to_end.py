@@ -72,3 +72,18 @@ def test_describe_after_manipulating_to_red(served):
         assert set(described[attribute]) <= set(vocabulary.CLASSES[attribute])
         fractions[f"{attribute}={value}"] = float(np.mean(described[attribute] == value))
     print("describe after manipulation (smoke preset):", fractions)
+
+
+def test_check_export_cli_smoke(smoke_run):
+    """Smoke test of `python -m serving.check_export` (describe fractions + a tiny load test)."""
+    import subprocess
+    import sys
+
+    run_dir, _ = smoke_run
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-m", "serving.check_export", f"--run_dir={run_dir}",
+                             "--clients=2", "--requests=5"], cwd=repo, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "color=red: describe says red for" in result.stdout
+    assert "10 done, 0 errors" in result.stdout
