@@ -63,11 +63,18 @@ def test_fam_gallery_npz_recomputes_identity_t_at_k(smoke_run):
         assert feature.dtype == np.float32 and feature.ndim == 2
         assert set(z.files) >= {"feature", "instance_id", "shape", "color", "pattern", "twin_of"}
     query = np.nonzero(twin_of == "")[0]
-    sims = feature @ feature.T
-    hits = {k: [] for k in (1, 10)}
+    unit = feature.astype(np.float64)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    sims = unit @ unit.T
+    # Near-ties at the k-th place (float32 features of look-alike 32x32 images) may be ordered
+    # either way, so count a hit as certain (clearly inside the top k) or possible (within 1e-5
+    # of the k-th score) and require the report to lie between the two rates.
+    certain, possible = {k: [] for k in (1, 10)}, {k: [] for k in (1, 10)}
     combos = {tuple(r) for r in labels.tolist()}
     for q in query:
-        order = [g for g in np.argsort(-sims[q], kind="stable") if g != q]
+        others = np.array([g for g in range(len(labels)) if g != q])
+        scores = sims[q, others]
+        order = np.argsort(-scores, kind="stable")
         for a in range(3):
             for v in range(10):
                 target = labels[q].copy()
@@ -76,13 +83,17 @@ def test_fam_gallery_npz_recomputes_identity_t_at_k(smoke_run):
                 target[a] = v
                 if tuple(target) not in combos:
                     continue
-                match = np.all(labels[order] == target, axis=1)
-                for k in hits:
-                    hits[k].append(bool(match[:k].any()))
+                match = np.all(labels[others] == target, axis=1)
+                for k in certain:
+                    kth, next_out = scores[order[k - 1]], scores[order[k]]
+                    # Certain: above the first item outside the top k by more than the tolerance.
+                    certain[k].append(bool(np.any(match & (scores > next_out + 1e-5))))
+                    possible[k].append(bool(np.any(match & (scores >= kth - 1e-5))))
     with open(os.path.join(run_dir, "report.json")) as f:
         identity = json.load(f)["fam"]["Identity"]["all"]
-    for k in hits:
-        assert identity[f"T@{k}"] == pytest.approx(np.mean(hits[k]), abs=1e-6)
+    for k in certain:
+        assert np.mean(certain[k]) - 1e-9 <= identity[f"T@{k}"] <= np.mean(possible[k]) + 1e-9
+        assert np.mean(possible[k]) - np.mean(certain[k]) < 0.02  # ties are rare
 
 
 def test_rerun_skips_finished_stages(smoke_run):
