@@ -97,8 +97,12 @@ def print_summary(run_dir: str) -> None:
     print("\n" + "=" * 72)
     print(f"{'method':<18}{'FAM T@10':>10}{'FAM T@50':>10}{'twin R@10':>11}"
           f"{'FIR in-shop R@1':>17}")
+    from flam_tf.evaluation.evaluate import FLAM_FEATURE
+    from flam_tf.stages import FLAM
+
     for method, fam in report["fam"].items():
-        fir = report["fir"].get({"FLAM(M/OS/Adv)": "FLAM"}.get(method, method), {})
+        # FIR is reported for the FLAM feature itself, under its own key.
+        fir = report["fir"].get(FLAM_FEATURE if method == FLAM else method, {})
         inshop = fir.get("in-shop", {}).get("R@1")
         print(f"{method:<18}{fam['all']['T@10']:>10.3f}{fam['all']['T@50']:>10.3f}"
               f"{report['twin_recall'][method]['R@10']:>11.3f}"

@@ -82,6 +82,8 @@ def evaluate_run(ctx) -> dict:
     twin_of = m.get("twin_of")[fam]
     queries = metrics.fam_queries(gallery_labels, is_query)
     q_feat = gallery[queries.query_index]
+    attribute_idx = queries.attribute_index.astype(np.int32)
+    target_idx = queries.target_value.astype(np.int32)
     # The gallery index of the twin that carries exactly this query's target, if any.
     twin_lookup = {(src, tuple(gallery_labels[i])): i for i, src in enumerate(twin_of) if src}
     twin_index = np.array([twin_lookup.get((ids[q], tuple(t)), -1)
@@ -100,9 +102,7 @@ def evaluate_run(ctx) -> dict:
                                 if _exists(ctx, stages.variant_model_name(v))]
     for variant in variants:
         model = keras.saving.load_model(ctx.run.model_path(stages.variant_model_name(variant)))
-        out = _batched(model.manipulate_indices, q_feat,
-                       queries.attribute_index.astype(np.int32),
-                       queries.target_value.astype(np.int32))
+        out = _batched(model.manipulate_indices, q_feat, attribute_idx, target_idx)
         manipulated[variant] = out
         methods.append((variant, out, gallery))
         if variant == stages.FLAM:
@@ -124,9 +124,8 @@ def evaluate_run(ctx) -> dict:
     for name, stem in ((CLS_CONCAT, "cls_concat"), (EMB_CONCAT, "emb_concat")):
         model = keras.saving.load_model(ctx.run.model_path(stem))
         rep_gallery = _batched(model.represent, gallery)
-        out = _batched(model.manipulate, rep_gallery[queries.query_index],
-                       queries.attribute_index.astype(np.int32),
-                       queries.target_value.astype(np.int32))
+        out = _batched(model.manipulate, rep_gallery[queries.query_index], attribute_idx,
+                       target_idx)
         methods.append((name, out, rep_gallery))
         report["fir"][name] = fir_report(features, m,
                                          represent=lambda x, mm=model: _batched(mm.represent, x))
@@ -168,8 +167,7 @@ def evaluate_run(ctx) -> dict:
     own = np.stack([np.asarray(embedded[a]) for a in vocabulary.ATTRIBUTE_TYPES], 1)
     e_back = own[np.arange(len(q_feat)), queries.attribute_index]
     recovered = _batched(lambda x, e, a: flam_model.generator((x, e, a)),
-                         manipulated[stages.FLAM], e_back.astype(np.float32),
-                         queries.attribute_index.astype(np.int32))
+                         manipulated[stages.FLAM], e_back.astype(np.float32), attribute_idx)
     cos = np.sum(metrics.l2_normalize(q_feat) * metrics.l2_normalize(recovered), axis=1)
     report["cycle_cosine"] = float(np.mean(cos))
 
@@ -194,8 +192,8 @@ def evaluate_run(ctx) -> dict:
 
     from flam_tf.evaluation import figures
 
-    figure_paths = figures.write_all(ctx, report, queries=queries, fam_rows=fam,
-                                     ranked=ranked_by_method, manipulated=manipulated,
+    figure_paths = figures.write_all(ctx, features, queries=queries, fam_rows=fam,
+                                     flam_ranked=ranked_by_method[stages.FLAM],
                                      flam_model=flam_model)
     report["figures"] = figure_paths
     report_lib.write_report(ctx.run.root, report)

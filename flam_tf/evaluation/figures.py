@@ -21,10 +21,17 @@ from absl import logging
 from flam_tf import vocabulary
 
 
-def write_all(ctx, report, queries, fam_rows, ranked, manipulated, flam_model) -> List[str]:
-    from flam_tf import stages
+def write_all(ctx, features, queries, fam_rows, flam_ranked, flam_model) -> List[str]:
+    """Writes every figure; returns their paths relative to the run directory.
 
-    paths = [figure2_grid(ctx, queries, fam_rows, ranked[stages.FLAM])]
+    Args:
+        features: float32 [N, D], the feature store in manifest order (already loaded).
+        queries: metrics.FamQueries of the FAM gallery.
+        fam_rows: int [G], manifest rows of the FAM gallery.
+        flam_ranked: int [Q, K], the FLAM method's ranked gallery indices per query.
+        flam_model: the trained FeatureManipulator.
+    """
+    paths = [figure2_grid(ctx, queries, fam_rows, flam_ranked)]
     try:
         import matplotlib
 
@@ -33,7 +40,7 @@ def write_all(ctx, report, queries, fam_rows, ranked, manipulated, flam_model) -
         logging.warning("matplotlib is not installed: skipping figure3 and training curves "
                         "(pip install '.[plot]')")
         return [os.path.relpath(p, ctx.run.root) for p in paths]
-    paths.append(figure3_embeddings(ctx, fam_rows, flam_model))
+    paths.append(figure3_embeddings(ctx, features, fam_rows, flam_model))
     paths.append(training_curves(ctx))
     return [os.path.relpath(p, ctx.run.root) for p in paths]
 
@@ -103,13 +110,12 @@ def _project(points: np.ndarray, seed: int) -> np.ndarray:
         return centred @ vt[:2].T
 
 
-def figure3_embeddings(ctx, fam_rows, flam_model, limit: int = 1500,
+def figure3_embeddings(ctx, features, fam_rows, flam_model, limit: int = 1500,
                        attribute: str = "color", value: str = "red") -> str:
     import matplotlib.pyplot as plt
     import tensorflow as tf
-    from flam_tf import stages
 
-    features, m = stages.load_features(ctx)
+    m = ctx.manifest
     is_query = m.has_role("fam_query")[fam_rows]
     rows = fam_rows[is_query][:limit]
     x = features[rows]
