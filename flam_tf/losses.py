@@ -466,3 +466,36 @@ def cycle_consistency_loss(x, x_rec, per_example=False):
     x_rec = tf.cast(tf.convert_to_tensor(x_rec), tf.float32)
     loss = tf.reduce_mean(tf.abs(x - x_rec), axis=-1)
     return loss if per_example else tf.reduce_mean(loss)
+
+
+def retrieval_loss(queries, bank, positive_mask, temperature=0.05, per_example=False):
+    """A multi-positive softmax (InfoNCE) of queries against a bank of real features (ours).
+
+    Per query i, with s_ij = cos(q_i, b_j) / temperature:
+    `loss_i = logsumexp_j(s_ij) - logsumexp_{j in P_i}(s_ij)`, the negative log of the softmax mass
+    on the positives P_i. It is 0 for a query without any positive (mask such rows out).
+
+    Args:
+        queries: float Tensor [B, D].
+        bank: float Tensor [N, D].
+        positive_mask: bool Tensor [B, N], True where bank row j is a positive of query i.
+        temperature: softmax temperature (> 0).
+        per_example: return [B] instead of the mean over queries that have a positive.
+
+    Returns:
+        float32 scalar, or [B] when `per_example`.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0. Received: temperature={temperature}")
+    queries = tf.math.l2_normalize(tf.cast(queries, tf.float32), axis=-1)
+    bank = tf.math.l2_normalize(tf.cast(bank, tf.float32), axis=-1)
+    positive_mask = tf.cast(positive_mask, tf.bool)
+    scores = tf.matmul(queries, bank, transpose_b=True) / temperature  # [B, N]
+    has_positive = tf.reduce_any(positive_mask, axis=1)
+    positive_scores = tf.where(positive_mask, scores, tf.fill(tf.shape(scores), -1e9))
+    loss = tf.reduce_logsumexp(scores, axis=1) - tf.reduce_logsumexp(positive_scores, axis=1)
+    loss = tf.where(has_positive, loss, 0.0)
+    if per_example:
+        return loss
+    count = tf.reduce_sum(tf.cast(has_positive, tf.float32))
+    return tf.math.divide_no_nan(tf.reduce_sum(loss), count)

@@ -114,14 +114,26 @@ def test_embedder_step_matches_on_two_replicas(mirrored):
     )
 
 
-def test_manipulator_step_matches_on_two_replicas(mirrored):
+@pytest.mark.parametrize("generator", ["mlp", "memory"])
+def test_manipulator_step_matches_on_two_replicas(mirrored, generator):
+    """The paper's G, and the memory G with the retrieval term (partners chosen by online
+    sampling, so both runs draw nothing at random)."""
     features = _duplicated_features(8, seed=2)
     target = np.tile(np.arange(8) % 3, 2).astype("int32")
 
     def build():
         keras.utils.set_random_seed(2)
         embedder = AttributeEmbedder(D, embedding_dim=K, hidden_units=8)
-        return FeatureManipulator(embedder, D, embedding_dim=K, g_hidden=(8,), d_hidden=(8,))
+        model = FeatureManipulator(embedder, D, embedding_dim=K, g_hidden=(8,), d_hidden=(8,),
+                                   generator=generator, target_sampling="partner",
+                                   adversarial=generator == "mlp",
+                                   retrieval_weight=1.0 if generator == "memory" else 0.0,
+                                   retrieval_temperature=0.5)
+        if generator == "memory":
+            labels = model.pseudo_labels(features)
+            model.initialize_memory(features, labels)
+            model.set_retrieval_bank(features, labels)
+        return model
 
     def compile_fn(model):
         model.compile(g_optimizer=keras.optimizers.SGD(0.5), d_optimizer=keras.optimizers.SGD(0.5))
@@ -137,7 +149,8 @@ def test_manipulator_random_draws_on_two_replicas_smoke(mirrored):
     with mirrored.scope():
         embedder = AttributeEmbedder(D, embedding_dim=K, hidden_units=8)
         model = FeatureManipulator(embedder, D, embedding_dim=K, g_hidden=(8,), d_hidden=(8,),
-                                   online_sampling=False)
+                                   target_sampling="partner", online_sampling=False,
+                                   adversarial=True, retrieval_weight=0.0)
         model.compile(g_optimizer=keras.optimizers.Adam(1e-3),
                       d_optimizer=keras.optimizers.Adam(1e-3))
     history = model.fit(features, batch_size=16, epochs=2, verbose=0).history

@@ -492,3 +492,24 @@ def test_cosine_similarity():
     y = np.array([[0.0, 2.0], [6.0, 8.0], [-1.0, -1.0]], np.float32)
     np.testing.assert_allclose(losses.cosine_similarity(x, y).numpy(), [0.0, 1.0, -1.0],
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("mining", losses.MINING_STRATEGIES)
+def test_cosine_triplet_loss_ignores_row_scale(mining):
+    """Cosine distance is between directions: rescaling rows (by 0.01-100) changes nothing."""
+    rng = np.random.default_rng(3)
+    embeddings = rng.normal(size=(12, 5)).astype(np.float32)
+    labels = rng.integers(0, 3, size=12)
+    scaled = embeddings * rng.uniform(0.01, 100.0, size=(12, 1)).astype(np.float32)
+    reference = losses.triplet_loss(labels, embeddings, margin=0.3, mining=mining,
+                                    distance="cosine")
+    assert float(reference) > 0.0
+    np.testing.assert_allclose(
+        losses.triplet_loss(labels, scaled, margin=0.3, mining=mining, distance="cosine"),
+        reference, rtol=1e-5)
+    # The same for Eq. 2 (embeddings and dictionary vectors as anchors, cosine distance).
+    dictionary = rng.normal(size=(3, 5)).astype(np.float32)
+    eq2 = losses.embedder_triplet_loss(labels, embeddings, dictionary, margin=0.3, mining=mining)
+    np.testing.assert_allclose(
+        losses.embedder_triplet_loss(labels, scaled, dictionary * 7.0, margin=0.3, mining=mining),
+        eq2, rtol=1e-5)

@@ -6,15 +6,27 @@ the embedding stage is the teacher of D (Eq. 4) and the pseudo-labeler that deci
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from flam_tf import losses
 from flam_tf.distribute import check_finite, masked_mean, scaled_loss
 from flam_tf.models.attribute_embedder import AttributeEmbedder  # noqa: F401 (registration)
-from flam_tf.vocabulary import ATTRIBUTE_TYPES, attribute_index, class_index
+from flam_tf.vocabulary import ATTRIBUTE_TYPES, NUM_CLASSES, attribute_index, class_index
 
 NUM_TYPES = len(ATTRIBUTE_TYPES)
+GENERATORS = ("memory", "mlp")
+TARGET_SAMPLING = ("uniform", "partner")
+# Replica r of a MirroredStrategy draws with seed + [0, r * stride]: distinct streams per replica.
+_REPLICA_SEED_STRIDE = 1000003
+
+
+def _padding_penalty(class_counts):
+    """[n_types, C_max] additive scores: 0 for real classes, -1e9 for zero-padded dictionary rows."""
+    max_classes = max(class_counts)
+    return tf.constant([[0.0 if c < count else -1e9 for c in range(max_classes)]
+                        for count in class_counts], tf.float32)
 
 
 def _mlp(hidden_units, name):
@@ -22,6 +34,13 @@ def _mlp(hidden_units, name):
         keras.layers.Dense(units, activation="leaky_relu", name=f"{name}_dense{i}")
         for i, units in enumerate(hidden_units)
     ]
+
+
+def _slot(embeddings, attribute_index, num_attribute_types):
+    """slot_a(e): e placed in block a of a zero vector [B, num_attribute_types * k]."""
+    slots = tf.one_hot(tf.cast(attribute_index, tf.int32), num_attribute_types)
+    width = num_attribute_types * embeddings.shape[-1]
+    return tf.reshape(slots[:, :, None] * embeddings[:, None, :], [-1, width])
 
 
 @keras.saving.register_keras_serializable(package="flam_tf")
@@ -47,7 +66,8 @@ class Generator(keras.Model):
 
     Call args:
         inputs: tuple (features float32 [B, D], embeddings float32 [B, k], attribute_index
-            int32 [B]).
+            int32 [B]), optionally with a 4th element (source embeddings) that it ignores, so that
+            it is called like `MemoryGenerator`.
 
     Returns:
         float32 [B, D], unit norm rows.
@@ -70,10 +90,8 @@ class Generator(keras.Model):
         self.built = True
 
     def call(self, inputs):
-        features, embeddings, attribute_index = inputs
-        slots = tf.one_hot(tf.cast(attribute_index, tf.int32), self.num_attribute_types)
-        slotted = tf.reshape(slots[:, :, None] * embeddings[:, None, :],
-                             [-1, self.num_attribute_types * self.embedding_dim])
+        features, embeddings, attribute_index = inputs[:3]  # a 4th (source) input is unused
+        slotted = _slot(embeddings, attribute_index, self.num_attribute_types)
         h = ops.concatenate([features, slotted], axis=-1)  # [x ; slot_a(e)], Sec. 3.2
         for layer in self.hidden:
             h = layer(h)
@@ -87,6 +105,105 @@ class Generator(keras.Model):
                 "embedding_dim": self.embedding_dim,
                 "hidden_units": list(self.hidden_units),
                 "num_attribute_types": self.num_attribute_types,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="flam_tf")
+class MemoryGenerator(keras.Model):
+    """G(x, e) as a residual on a learned attribute memory (ours; the memory of ADDE-M, the gated
+    residual idea of TIRG):
+
+        x~ = l2_normalize(x + w(e)^T M_a - w(e_src)^T M_a + delta([x ; slot_a(e)]))
+
+    M_a [C_a, D] holds one learned vector per class of attribute type a, initialised at the class
+    means of real features (`initialize_memory`), so an untrained G is the class-mean shift.
+    w(e) = softmax(cos(e, d_a) / memory_temperature) reads the class that e describes off the
+    (frozen) dictionaries d_a: a dictionary vector d_{a,v} selects row v, an embedding phi_a(x^-)
+    its nearest classes. e_src = phi_a(x), the query's own embedding, selects the row to take
+    away. delta is an MLP whose last layer starts at zero, so it only learns a correction.
+
+    Args:
+        feature_dim: D.
+        embedding_dim: k.
+        class_counts: C_a per attribute type (padding rows beyond C_a are never selected).
+        hidden_units: widths of delta's hidden layers (LeakyReLU).
+        memory_temperature: softmax temperature of w(.).
+        dictionaries: float32 [n_types, C_max, k], the embedder's normalised dictionaries,
+            zero-padded (`AttributeEmbedder.stacked_dictionaries()`); None when loading.
+
+    Call args:
+        inputs: tuple (features float32 [B, D], embeddings float32 [B, k], attribute_index
+            int32 [B], source_embeddings float32 [B, k]).
+
+    Returns:
+        float32 [B, D], unit norm rows.
+    """
+
+    def __init__(self, feature_dim, embedding_dim, class_counts, hidden_units=(512, 512),
+                 memory_temperature=0.05, dictionaries=None, **kwargs):
+        super().__init__(**kwargs)
+        self.feature_dim = feature_dim
+        self.embedding_dim = embedding_dim
+        self.class_counts = tuple(int(c) for c in class_counts)
+        self.num_attribute_types = len(self.class_counts)
+        self.max_classes = max(self.class_counts)
+        self.hidden_units = tuple(hidden_units)
+        self.memory_temperature = memory_temperature
+        shape = (self.num_attribute_types, self.max_classes, embedding_dim)
+        # A frozen copy of the embedder's dictionaries (restored with the weights on load).
+        self.dictionaries = self.add_weight(
+            shape=shape, trainable=False, name="dictionaries",
+            initializer=("zeros" if dictionaries is None else
+                         keras.initializers.Constant(np.asarray(dictionaries, np.float32))))
+        self.memory = self.add_weight(
+            shape=(self.num_attribute_types, self.max_classes, feature_dim),
+            initializer="zeros", name="memory")
+        self.hidden = _mlp(self.hidden_units, "g")
+        self.delta = keras.layers.Dense(feature_dim, kernel_initializer="zeros", name="g_delta")
+        width = feature_dim + self.num_attribute_types * self.embedding_dim
+        for layer in self.hidden:
+            layer.build((None, width))
+            width = layer.units
+        self.delta.build((None, width))
+        self.built = True
+
+    def initialize_memory(self, class_means):
+        """Sets M to class means of real features: float32 [n_types, C_max, D] (unused rows 0)."""
+        self.memory.assign(np.asarray(class_means, np.float32))
+
+    def class_weights(self, embeddings, attribute_index):
+        """w(e): float32 [B, C_max], a softmax over the classes of each row's attribute type."""
+        dictionaries = tf.gather(self.dictionaries, attribute_index)  # [B, C_max, k]
+        scores = tf.einsum("bk,bck->bc", ops.normalize(embeddings, axis=-1), dictionaries)
+        counts = tf.gather(tf.constant(self.class_counts, tf.int32), attribute_index)
+        present = tf.range(self.max_classes)[None, :] < counts[:, None]
+        scores = tf.where(present, scores / self.memory_temperature, -1e9)
+        return tf.nn.softmax(scores, axis=-1)
+
+    def call(self, inputs):
+        features, embeddings, attribute_index, source_embeddings = inputs
+        attribute_index = tf.cast(tf.reshape(attribute_index, [-1]), tf.int32)
+        memory = tf.gather(self.memory, attribute_index)  # [B, C_max, D]
+        change = (self.class_weights(embeddings, attribute_index)
+                  - self.class_weights(source_embeddings, attribute_index))
+        shift = tf.einsum("bc,bcd->bd", change, memory)
+        h = ops.concatenate([features, _slot(embeddings, attribute_index,
+                                             self.num_attribute_types)], axis=-1)
+        for layer in self.hidden:
+            h = layer(h)
+        return ops.normalize(features + shift + self.delta(h), axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "feature_dim": self.feature_dim,
+                "embedding_dim": self.embedding_dim,
+                "class_counts": list(self.class_counts),
+                "hidden_units": list(self.hidden_units),
+                "memory_temperature": self.memory_temperature,
             }
         )
         return config
@@ -205,21 +322,32 @@ class FeatureManipulator(keras.Model):
     Per training step, for a batch of real features x (unit norm, [B, D]):
       (a) a target attribute type a per row, uniform over the 3 types (or given with the data);
       (b) pseudo-classes of every row and type from the frozen embedder (nearest dictionary vector);
-      (c) a partner x^- in the batch with a different class of a (`select_partners`);
-      (d) e^- = phi_a(x^-), x~ = G(x, e^-), x_rec = G(x~, phi_a(x));
+      (c) the target: with `target_sampling="partner"` (the paper) a partner x^- in the batch with a
+          different class of a (`select_partners`) and e^- = phi_a(x^-); with "uniform" a target
+          class t != the row's own, drawn uniformly, and e^- = d_{a,t}, the vector G is given at
+          test time;
+      (d) x~ = G(x, e^-), x_rec = G(x~, phi_a(x));
       (e) D minimises adv_weight * L_adv (Eq. 3) + match_weight * L_match real term (Eq. 4);
           G minimises adv_weight * L_adv (non-saturating) + match_weight * L_match fake term (Eq. 4)
-          + cycle_weight * L_cycle (Eq. 5).
-    Rows without a valid partner are masked out of every loss.
+          + cycle_weight * L_cycle (Eq. 5) + the terms of ours below.
+    Rows without a valid target are masked out of every loss.
+
+    Terms of ours (all 0 = the paper):
+      - teacher_weight: Eq. 4's fake term measured by the frozen embedders themselves, phi(x~).
+      - retrieval_weight: a multi-positive softmax (InfoNCE) of x~ against a bank of real
+        training features (`set_retrieval_bank`): pulled toward the bank rows whose (pseudo-)labels
+        equal the full target combination (the row's classes with class t on type a), pushed from
+        the rest. It is what T@k measures, on training features only.
+      - distance_weight: ||x~ - x||^2, keeps x~ near the query (its instance).
 
     Table 3 switches: `matching` "M"/"S" (with/without the remaining attributes in L_match),
-    `adversarial` on/off, `online_sampling` on/off. With adversarial=False the real/fake branch of D
-    gets no gradient and keeps its initial weights (adv_loss reads 0); D's feature-matching branch is
-    still trained on real features (Eq. 4, real term), otherwise f(x~) would be matched through an
-    untrained network and L_match would carry no attribute knowledge to G.
+    `adversarial` on/off, `online_sampling` on/off (with `target_sampling="partner"`). With
+    adversarial=False the real/fake branch of D gets no gradient and keeps its initial weights
+    (adv_loss reads 0); D's feature-matching branch is still trained on real features (Eq. 4, real
+    term), otherwise f(x~) would be matched through an untrained network.
 
-    At test time G is queried with a dictionary vector d_{a, value} instead of phi_a(x^-)
-    (Sec. 3.3): `manipulate` and `manipulate_indices`.
+    At test time G is queried with a dictionary vector d_{a, value} (Sec. 3.3): `manipulate` and
+    `manipulate_indices`.
 
     Args:
         embedder: a trained `AttributeEmbedder`; it is frozen here (trainable=False).
@@ -227,17 +355,22 @@ class FeatureManipulator(keras.Model):
         embedding_dim: k (must equal the embedder's).
         g_hidden: hidden widths of G.
         d_hidden: hidden widths of D.
+        generator: "memory" (`MemoryGenerator`, ours) or "mlp" (`Generator`, the paper's G).
+        target_sampling: "uniform" (ours) or "partner" (the paper's, Sec. 4.1).
         matching: "M" or "S" (Eq. 4).
         adversarial: use L_adv (Eq. 3).
         online_sampling: choose x^- closest in the remaining attributes (Sec. 4.1).
-        adv_weight, match_weight, cycle_weight: loss weights. The default cycle weight 10 follows
-            CycleGAN; L_cycle is a per-dimension L1 mean, small for unit-norm features.
-        seed: seed of the target-type and uniform-partner draws.
+        adv_weight, match_weight, cycle_weight: loss weights of Eq. 3-5 (L_cycle is a
+            per-dimension L1 mean, small for unit-norm features).
+        teacher_weight, retrieval_weight, distance_weight: the terms of ours above.
+        retrieval_temperature: softmax temperature of the retrieval term.
+        memory_temperature: the `MemoryGenerator`'s class-reading temperature.
+        seed: seed of the target-type, target-class and uniform-partner draws.
 
     Call args:
-        inputs: tuple (features float32 [B, D], embeddings float32 [B, k]) -> G(x, e); or features
-            alone -> G(x, phi_shape(x)), x re-generated with its own shape embedding (a
-            reconstruction; it lets Keras call the model with one input).
+        inputs: tuple (features float32 [B, D], embeddings float32 [B, k], attribute_index
+            int32 [B]) -> G(x, e) on type a; or features alone -> G(x, phi_shape(x)), x
+            re-generated with its own shape embedding (a reconstruction).
 
     Returns:
         float32 [B, D], G's output.
@@ -250,22 +383,26 @@ class FeatureManipulator(keras.Model):
         embedding_dim=32,
         g_hidden=(512, 512),
         d_hidden=(512, 512),
+        generator="memory",
+        target_sampling="uniform",
         matching="M",
-        adversarial=True,
+        adversarial=False,
         online_sampling=True,
         adv_weight=1.0,
         match_weight=1.0,
-        cycle_weight=10.0,
+        cycle_weight=1.0,
         teacher_weight=0.0,
+        retrieval_weight=10.0,
+        distance_weight=0.0,
+        retrieval_temperature=0.1,
+        memory_temperature=0.05,
         seed=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if matching not in losses.FEATURE_MATCHING_MODES:
-            raise ValueError(
-                f"Unknown matching. Received: matching={matching!r}; "
-                f"expected one of {list(losses.FEATURE_MATCHING_MODES)}"
-            )
+        losses._check_option("matching", matching, losses.FEATURE_MATCHING_MODES)
+        losses._check_option("generator", generator, GENERATORS)
+        losses._check_option("target_sampling", target_sampling, TARGET_SAMPLING)
         if isinstance(embedder, dict):
             embedder = keras.saving.deserialize_keras_object(embedder)
         if embedder.embedding_dim != embedding_dim:
@@ -279,6 +416,8 @@ class FeatureManipulator(keras.Model):
         self.embedding_dim = embedding_dim
         self.g_hidden = tuple(g_hidden)
         self.d_hidden = tuple(d_hidden)
+        self.generator_type = generator
+        self.target_sampling = target_sampling
         self.matching = matching
         self.adversarial = adversarial
         self.online_sampling = online_sampling
@@ -286,13 +425,25 @@ class FeatureManipulator(keras.Model):
         self.match_weight = match_weight
         self.cycle_weight = cycle_weight
         self.teacher_weight = teacher_weight
+        self.retrieval_weight = retrieval_weight
+        self.distance_weight = distance_weight
+        self.retrieval_temperature = retrieval_temperature
+        self.memory_temperature = memory_temperature
         self.seed = seed
+        self.class_counts = tuple(NUM_CLASSES[a] for a in ATTRIBUTE_TYPES)
 
-        self.generator = Generator(feature_dim, embedding_dim, self.g_hidden, name="generator")
+        if generator == "memory":
+            self.generator = MemoryGenerator(
+                feature_dim, embedding_dim, self.class_counts, self.g_hidden,
+                memory_temperature=memory_temperature,
+                dictionaries=embedder.stacked_dictionaries(), name="generator")
+        else:
+            self.generator = Generator(feature_dim, embedding_dim, self.g_hidden, name="generator")
         self.discriminator = Discriminator(
             feature_dim, embedding_dim, NUM_TYPES, self.d_hidden, name="discriminator"
         )
         self.seed_generator = keras.random.SeedGenerator(seed, name="manipulator_seed")
+        self._bank = None  # (features [N, D], labels int32 [N, 3]), see set_retrieval_bank
         self.built = True
 
         self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
@@ -300,6 +451,7 @@ class FeatureManipulator(keras.Model):
         self.adv_tracker = keras.metrics.Mean(name="adv_loss")
         self.match_tracker = keras.metrics.Mean(name="match_loss")
         self.cycle_tracker = keras.metrics.Mean(name="cycle_loss")
+        self.retrieval_tracker = keras.metrics.Mean(name="retrieval_loss")
         self.cycle_cosine_tracker = keras.metrics.Mean(name="cycle_cosine")
 
     @property
@@ -310,6 +462,7 @@ class FeatureManipulator(keras.Model):
             self.adv_tracker,
             self.match_tracker,
             self.cycle_tracker,
+            self.retrieval_tracker,
             self.cycle_cosine_tracker,
         ]
 
@@ -317,8 +470,8 @@ class FeatureManipulator(keras.Model):
         """Sets G's and D's optimizers; call inside `strategy.scope()`.
 
         `g_optimizer` becomes `self.optimizer` (passed explicitly, so Keras creates no stray default
-        optimizer, STACK.md pitfall 4) and both are built here on their own network's variables
-        (pitfall 2: an optimizer built lazily in the first replica step fails with 2 replicas).
+        optimizer) and both are built here on their own network's variables: an optimizer built
+        lazily inside the first replica step fails with 2 replicas.
         """
         super().compile(optimizer=g_optimizer, **kwargs)
         self.g_optimizer = self.optimizer
@@ -331,6 +484,59 @@ class FeatureManipulator(keras.Model):
         # returned uncompiled (no warning); call `compile(g_optimizer, d_optimizer)` to resume.
         return None
 
+    def set_retrieval_bank(self, features, labels):
+        """The real training features the retrieval term ranks x~ against (not saved with the model).
+
+        Args:
+            features: float32 [N, D], unit norm rows.
+            labels: int [N, 3] classes in ATTRIBUTE_TYPES order: known labels, else the embedder's
+                pseudo-labels (`pseudo_labels`); a row with a -1 is never a positive.
+        """
+        features = np.asarray(features, np.float32)
+        labels = np.asarray(labels, np.int32)
+        if features.ndim != 2 or features.shape[1] != self.feature_dim or labels.shape != (
+                len(features), NUM_TYPES):
+            raise ValueError(f"Expected features [N, {self.feature_dim}] and labels [N, {NUM_TYPES}]."
+                             f" Received: {features.shape} and {labels.shape}")
+        # One id per attribute combination: a single comparison per (query, bank row) pair.
+        combination = np.where((labels >= 0).all(1), labels @ self._combination_strides(), -1)
+        self._bank = (tf.constant(features), tf.constant(combination.astype(np.int32)))
+
+    def _combination_strides(self):
+        counts = self.class_counts
+        return np.array([int(np.prod(counts[t + 1:])) for t in range(NUM_TYPES)], np.int32)
+
+    def pseudo_labels(self, features, batch_size=4096):
+        """The frozen embedder's nearest-dictionary classes: int32 numpy [N, 3]."""
+        out = []
+        for start in range(0, len(features), batch_size):
+            classified = self.embedder.classify(tf.constant(features[start:start + batch_size]))
+            out.append(np.stack([np.asarray(classified[a][0]) for a in ATTRIBUTE_TYPES], 1))
+        return np.concatenate(out).astype(np.int32) if out else np.zeros((0, NUM_TYPES), np.int32)
+
+    def initialize_memory(self, features, labels):
+        """Starts the MemoryGenerator at per-class means of `features` (labels int [N, 3], -1 skip)."""
+        if self.generator_type != "memory":
+            return
+        features = np.asarray(features, np.float32)
+        means = np.zeros((NUM_TYPES, max(self.class_counts), self.feature_dim), np.float32)
+        for a in range(NUM_TYPES):
+            for c in range(self.class_counts[a]):
+                rows = labels[:, a] == c
+                if rows.any():
+                    means[a, c] = features[rows].mean(0)
+        self.generator.initialize_memory(means)
+
+    def generate(self, features, embeddings, attribute_index):
+        """x~ = G(x, e) on attribute type `attribute_index`; the source is phi_a(x) (memory G)."""
+        features = tf.convert_to_tensor(features, tf.float32)
+        attribute_index = tf.cast(tf.reshape(attribute_index, [-1]), tf.int32)
+        if self.generator_type == "memory":
+            own = tf.stack(list(self.embedder.embed(features).values()), axis=1)  # [B, 3, k]
+            source = tf.gather(own, attribute_index, batch_dims=1)
+            return self.generator((features, embeddings, attribute_index, source))
+        return self.generator((features, embeddings, attribute_index))
+
     def call(self, inputs):
         """G on `(features, embeddings, attribute_index)`; bare features go through G(x, phi_0(x))."""
         if isinstance(inputs, (tuple, list)):
@@ -339,7 +545,7 @@ class FeatureManipulator(keras.Model):
             features = inputs
             embeddings = self.embedder.embed(features)[ATTRIBUTE_TYPES[0]]
             attribute_index = tf.zeros(tf.shape(features)[:1], tf.int32)
-        return self.generator((features, embeddings, attribute_index))
+        return self.generate(features, embeddings, attribute_index)
 
     # ------------------------------------------------------------------ training
 
@@ -354,9 +560,8 @@ class FeatureManipulator(keras.Model):
         if target_index is None:
             # (a) uniform target type. The replica id is folded into the seed so replicas of a
             # MirroredStrategy do not draw the same types for their slices.
-            seed = self._replica_seed()
             target_index = tf.random.stateless_uniform(
-                [batch], seed=seed, minval=0, maxval=NUM_TYPES, dtype=tf.int32
+                [batch], seed=self._replica_seed(), minval=0, maxval=NUM_TYPES, dtype=tf.int32
             )
         target_index = tf.reshape(tf.cast(target_index, tf.int32), [-1])
         return features, target_index
@@ -365,50 +570,77 @@ class FeatureManipulator(keras.Model):
         seed = tf.cast(self.seed_generator.next(), tf.int64)
         context = tf.distribute.get_replica_context()
         replica = 0 if context is None else context.replica_id_in_sync_group
-        return seed + tf.cast(tf.stack([0, replica]), tf.int64) * 1000003
+        return seed + tf.cast(tf.stack([0, replica]), tf.int64) * _REPLICA_SEED_STRIDE
 
     def _pairs(self, features, target_index):
-        """Steps (b)-(d): embeddings, pseudo-classes, partners and the Eq. 4 targets."""
+        """Steps (b)-(d): embeddings, pseudo-classes, targets and the Eq. 4 targets.
+
+        Returns:
+            dict with e_neg [B, k] (what G is given), e_own [B, k] (phi_a(x), the cycle's way
+            back), real_target / fake_target [B, 3k] (Eq. 4), target_classes int32 [B, 3] (the
+            full target combination) and valid bool [B].
+        """
         embedded = self.embedder.embed(features)
         embeddings = tf.stack([embedded[a] for a in ATTRIBUTE_TYPES], axis=1)  # [B, 3, k]
-        classes = tf.stack(
-            [
-                tf.argmax(
-                    tf.matmul(embedded[a], self.embedder.dictionary(a), transpose_b=True),
-                    axis=-1, output_type=tf.int32,
-                )
-                for a in ATTRIBUTE_TYPES
-            ],
-            axis=1,
-        )  # [B, 3] pseudo-labels (b)
-        seed = None if self.online_sampling else self._replica_seed()
-        partner, valid = select_partners(
-            embeddings, classes, target_index, self.online_sampling, seed
-        )  # (c)
-        partner_embeddings = tf.gather(embeddings, partner)  # [B, 3, k]
-        e_neg = tf.gather(partner_embeddings, target_index, batch_dims=1)  # phi_a(x^-), [B, k]
+        dictionaries = self.embedder.stacked_dictionaries()  # [3, C_max, k]
+        classes = tf.argmax(tf.einsum("btk,tck->btc", embeddings, dictionaries)
+                            + _padding_penalty(self.class_counts), axis=-1,
+                            output_type=tf.int32)  # [B, 3] pseudo-labels (b)
+        own_class = tf.gather(classes, target_index, batch_dims=1)  # [B]
+        if self.target_sampling == "partner":
+            seed = None if self.online_sampling else self._replica_seed()
+            partner, valid = select_partners(
+                embeddings, classes, target_index, self.online_sampling, seed
+            )  # (c)
+            target_embeddings = tf.gather(embeddings, partner)  # [B, 3, k]
+            target_class = tf.gather(tf.gather(classes, partner), target_index, batch_dims=1)
+        else:
+            counts = tf.gather(tf.constant(self.class_counts, tf.int32), target_index)
+            offset = tf.random.stateless_uniform(
+                tf.shape(target_index), seed=self._replica_seed(), minval=0,
+                maxval=tf.int32.max, dtype=tf.int32) % tf.maximum(counts - 1, 1)
+            target_class = (own_class + 1 + offset) % counts  # uniform over the other classes
+            valid = counts > 1
+            target_vectors = tf.gather_nd(dictionaries, tf.stack([target_index, target_class], 1))
+            target_embeddings = tf.where(
+                tf.one_hot(target_index, NUM_TYPES)[:, :, None] > 0.5,
+                target_vectors[:, None, :], embeddings)
+        e_neg = tf.gather(target_embeddings, target_index, batch_dims=1)  # [B, k]
         e_own = tf.gather(embeddings, target_index, batch_dims=1)  # phi_a(x), [B, k]
         is_target = tf.one_hot(target_index, NUM_TYPES)[:, :, None] > 0.5
         batch = tf.shape(features)[0]
         real_target = tf.reshape(embeddings, [batch, NUM_TYPES * self.embedding_dim])
         fake_target = tf.reshape(
-            tf.where(is_target, partner_embeddings, embeddings),
+            tf.where(is_target, target_embeddings, embeddings),
             [batch, NUM_TYPES * self.embedding_dim],
-        )  # [phi_a(x^-)]_target (+) [phi_abar(x)]_remain, Eq. 4 fake term
-        return e_neg, e_own, real_target, fake_target, valid
+        )  # [e^-]_target (+) [phi_abar(x)]_remain, Eq. 4 fake term
+        target_classes = tf.where(tf.one_hot(target_index, NUM_TYPES) > 0.5,
+                                  target_class[:, None], classes)
+        return {"e_neg": e_neg, "e_own": e_own, "real_target": real_target,
+                "fake_target": fake_target, "target_classes": target_classes, "valid": valid}
+
+    def _retrieval(self, x_fake, target_classes, valid):
+        """Per-example multi-positive softmax loss against the bank, and the rows it applies to."""
+        bank_features, bank_combination = self._bank
+        target = tf.reduce_sum(target_classes * self._combination_strides()[None, :], axis=1)
+        positive = tf.equal(bank_combination[None, :], target[:, None])  # [B, N]
+        per_example = losses.retrieval_loss(
+            x_fake, bank_features, positive, self.retrieval_temperature, per_example=True)
+        return per_example, tf.logical_and(valid, tf.reduce_any(positive, axis=1))
 
     def _step(self, data, training):
         features, target_index = self._unpack(data)
-        e_neg, e_own, real_target, fake_target, valid = self._pairs(features, target_index)
+        p = self._pairs(features, target_index)
+        valid = p["valid"]
         zero = tf.constant(0.0)
 
         # Discriminator: Eq. 3 (D side) + Eq. 4 real term.
         with tf.GradientTape() as d_tape:
-            x_fake = tf.stop_gradient(self.generator((features, e_neg, target_index)))
+            x_fake = tf.stop_gradient(self.generate(features, p["e_neg"], target_index))
             real_logits, f_real = self.discriminator(features)
             match_real = masked_mean(
                 losses.feature_matching_loss(
-                    f_real, real_target, target_index, self.matching, per_example=True
+                    f_real, p["real_target"], target_index, self.matching, per_example=True
                 ),
                 valid,
             )
@@ -432,9 +664,9 @@ class FeatureManipulator(keras.Model):
             d_grads = d_tape.gradient(d_replica_loss, d_variables)
             self.d_optimizer.apply(d_grads, d_variables)
 
-        # Generator: Eq. 3 (non-saturating) + Eq. 4 fake term + Eq. 5.
+        # Generator: Eq. 3 (non-saturating) + Eq. 4 fake term + Eq. 5 + the terms of ours.
         with tf.GradientTape() as g_tape:
-            x_fake = self.generator((features, e_neg, target_index))  # x~ = G(x, e^-)
+            x_fake = self.generate(features, p["e_neg"], target_index)  # x~ = G(x, e^-)
             fake_logits, f_fake = self.discriminator(x_fake)
             if self.adversarial:
                 adv_g = masked_mean(losses.generator_adversarial_loss_per_example(fake_logits), valid)
@@ -442,30 +674,38 @@ class FeatureManipulator(keras.Model):
                 adv_g = zero
             match_fake = masked_mean(
                 losses.feature_matching_loss(
-                    f_fake, fake_target, target_index, self.matching, per_example=True
+                    f_fake, p["fake_target"], target_index, self.matching, per_example=True
                 ),
                 valid,
             )
+            g_loss = self.adv_weight * adv_g + self.match_weight * match_fake
             if self.teacher_weight:
                 # The Eq. 4 fake term measured by the frozen embedders themselves (phi(x~)), not
-                # only through D's learned copy f: G cannot satisfy a D that f mis-generalises on.
+                # only through D's learned copy f.
                 teacher = masked_mean(
                     losses.feature_matching_loss(
-                        self.embedder(x_fake), fake_target, target_index, self.matching,
+                        self.embedder(x_fake), p["fake_target"], target_index, self.matching,
                         per_example=True,
                     ),
                     valid,
                 )
-            else:
-                teacher = zero
-            x_rec = self.generator((x_fake, e_own, target_index))  # G(G(x, e^-), phi_a(x))
+                g_loss += self.teacher_weight * teacher
+            x_rec = self.generate(x_fake, p["e_own"], target_index)  # G(G(x, e^-), phi_a(x))
             cycle = masked_mean(losses.cycle_consistency_loss(features, x_rec, per_example=True),
                                 valid)
-            g_loss = check_finite(
-                self.adv_weight * adv_g + self.match_weight * match_fake + self.cycle_weight * cycle
-                + self.teacher_weight * teacher,
-                "FeatureManipulator g_loss",
-            )
+            g_loss += self.cycle_weight * cycle
+            retrieval = zero
+            if self.retrieval_weight:
+                if self._bank is None:
+                    raise ValueError("retrieval_weight > 0 needs set_retrieval_bank(features, "
+                                     "labels) before training")
+                per_example, rows = self._retrieval(x_fake, p["target_classes"], valid)
+                retrieval = masked_mean(per_example, rows)
+                g_loss += self.retrieval_weight * retrieval
+            if self.distance_weight:
+                distance = masked_mean(tf.reduce_sum(tf.square(x_fake - features), axis=-1), valid)
+                g_loss += self.distance_weight * distance
+            g_loss = check_finite(g_loss, "FeatureManipulator g_loss")
             g_replica_loss = scaled_loss(g_loss)
         if training:
             g_variables = self.generator.trainable_variables
@@ -478,6 +718,7 @@ class FeatureManipulator(keras.Model):
         self.adv_tracker.update_state(adv_g)
         self.match_tracker.update_state(match_real + match_fake)  # Eq. 4, both terms
         self.cycle_tracker.update_state(cycle)
+        self.retrieval_tracker.update_state(retrieval)
         self.cycle_cosine_tracker.update_state(cycle_cosine)
         return {m.name: m.result() for m in self.metrics}
 
@@ -502,8 +743,7 @@ class FeatureManipulator(keras.Model):
             float32 [B, D], unit norm rows.
         """
         dictionary_vectors = self.embedder.dictionary_vector(attribute_idx, value_idx)
-        return self.generator((tf.convert_to_tensor(features, tf.float32), dictionary_vectors,
-                               attribute_idx))
+        return self.generate(features, dictionary_vectors, attribute_idx)
 
     def manipulate(self, features, attribute, value=None):
         """Manipulates features by attribute and class names.
@@ -546,6 +786,8 @@ class FeatureManipulator(keras.Model):
                 "embedding_dim": self.embedding_dim,
                 "g_hidden": list(self.g_hidden),
                 "d_hidden": list(self.d_hidden),
+                "generator": self.generator_type,
+                "target_sampling": self.target_sampling,
                 "matching": self.matching,
                 "adversarial": self.adversarial,
                 "online_sampling": self.online_sampling,
@@ -553,6 +795,10 @@ class FeatureManipulator(keras.Model):
                 "match_weight": self.match_weight,
                 "cycle_weight": self.cycle_weight,
                 "teacher_weight": self.teacher_weight,
+                "retrieval_weight": self.retrieval_weight,
+                "distance_weight": self.distance_weight,
+                "retrieval_temperature": self.retrieval_temperature,
+                "memory_temperature": self.memory_temperature,
                 "seed": self.seed,
             }
         )
