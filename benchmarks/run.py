@@ -61,6 +61,8 @@ SECTION_TITLES = {
     "main_job": "7. Main job (`python -m flam_tf.train`)",
 }
 MATMUL_N = 4096
+QUALITY_BEGIN = "<!-- quality: written by benchmarks/quality.py -->"
+QUALITY_END = "<!-- quality: end -->"
 TOP_K = sig.DEFAULT_TOP_K
 
 
@@ -372,11 +374,17 @@ def bench_feature_training(res, p):
 
     # Manipulator GAN (Eq. 3-5).
     m = c.manipulator
+    from flam_tf import stages
+
     man = FeatureManipulator(embedder, d, embedding_dim=e.embedding_dim,
                              g_hidden=(m.g_hidden, m.g_hidden), d_hidden=(m.d_hidden, m.d_hidden),
-                             matching=m.matching, adversarial=m.adversarial,
-                             online_sampling=m.online_sampling, adv_weight=m.adv_weight,
-                             match_weight=m.match_weight, cycle_weight=m.cycle_weight)
+                             **stages.manipulator_settings(m, stages.FLAM))
+    # The retrieval term ranks against the training pool: 64 batches' worth, about the default
+    # preset's 16,600 training features.
+    bank = unit(64 * m.batch_size)
+    bank_labels = man.pseudo_labels(bank)
+    man.initialize_memory(bank, bank_labels)
+    man.set_retrieval_bank(bank, bank_labels)
     man.compile(g_optimizer=keras.optimizers.Adam(m.g_learning_rate, beta_1=0.5),
                 d_optimizer=keras.optimizers.Adam(m.d_learning_rate, beta_1=0.5))
     xm = tf.constant(unit(m.batch_size))
@@ -385,8 +393,8 @@ def bench_feature_training(res, p):
 
     for name, step, batch, flops, what in (
             ("manipulator", lambda: man.train_on_batch(xm), m.batch_size, m_flops,
-             f"G and D {m.g_hidden}x2 / {m.d_hidden}x2, batch {m.batch_size}, one D and one G "
-             "update per step"),
+             f"memory G and D {m.g_hidden}x2 / {m.d_hidden}x2, batch {m.batch_size}, one D and "
+             f"one G update per step, retrieval term over {64 * m.batch_size} bank features"),
             ("embedder", lambda: embedder.train_on_batch(xe, ye), e.batch_size, e_flops,
              f"3 embedders of {e.hidden_units} hidden units, k={e.embedding_dim}, "
              f"batch {e.batch_size}")):
@@ -776,8 +784,16 @@ def write_markdown(path, results, machine, mode, elapsed, findings):
                      f"{_fmt(r['max'])} | {r['runs']} | {ratio} | {r.get('ratio_to') or ''} | "
                      f"{r.get('note', '')} |")
     lines += ["", "## Findings", ""] + findings + [""]
+    text = "\n".join(lines)
+    # The quality section belongs to benchmarks/quality.py: carried over unchanged.
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+        if QUALITY_BEGIN in old and QUALITY_END in old:
+            kept = old[old.index(QUALITY_BEGIN):old.index(QUALITY_END) + len(QUALITY_END)]
+            text = text.rstrip("\n") + "\n\n" + kept + "\n"
     with open(path, "w") as f:
-        f.write("\n".join(lines))
+        f.write(text)
 
 
 def findings(res):

@@ -65,37 +65,48 @@ class EmbedderConfig:
 class ManipulatorConfig:
     """Query feature manipulator G, D (Eq. 3-5) and the Table 3 switches."""
 
+    generator: str = "memory"  # memory: x + M[target] - M[source] + delta (ours) | mlp: the paper's G
+    target_sampling: str = "uniform"  # uniform: target class drawn uniformly, G given d (ours) | partner
     matching: str = "M"  # M: target + remaining attributes, S: target only
-    adversarial: bool = True  # Eq. 3 on/off (Table 3 'Adv')
-    online_sampling: bool = True  # Sec. 4.1 partner choice on/off (Table 3 'OS')
+    adversarial: bool = False  # Eq. 3 on/off (Table 3 'Adv'; off by default, BUILD.md section 8)
+    online_sampling: bool = True  # Sec. 4.1 partner choice on/off (Table 3 'OS'; partner sampling)
     g_hidden: int = 512  # width of G's two hidden layers
     d_hidden: int = 512  # width of D's two hidden layers
-    # Loss weights, tuned on the synthetic default preset (BUILD.md, "Tuning the manipulator"):
-    # a strong adversarial term is what keeps x~ on the manifold of real features.
-    adv_weight: float = 5.0  # weight of Eq. 3
-    match_weight: float = 20.0  # weight of Eq. 4 (through D's matching head)
-    cycle_weight: float = 3.0  # weight of Eq. 5
-    # Ours, not the paper's: Eq. 4's fake term also measured by the frozen embedders (0 = off).
-    teacher_weight: float = 10.0  # weight of Eq. 4 measured by the frozen embedders (ours; 0 = off)
+    adv_weight: float = 1.0  # weight of Eq. 3
+    match_weight: float = 1.0  # weight of Eq. 4 (through D's matching head)
+    cycle_weight: float = 1.0  # weight of Eq. 5
+    teacher_weight: float = 0.0  # weight of Eq. 4 measured by the frozen embedders (ours; 0 = off)
+    retrieval_weight: float = 10.0  # weight of the softmax toward real features of the target combination (ours)
+    distance_weight: float = 0.0  # weight of ||x~ - x||^2 (ours; 0 = off)
+    retrieval_temperature: float = 0.07  # softmax temperature of the retrieval term
+    memory_temperature: float = 0.05  # temperature with which the memory G reads classes off e
     batch_size: int = 256  # features per batch (partners are chosen within it)
-    epochs: int = 40  # passes over all training features
+    epochs: int = 10  # passes over all training features (FLAM)
+    # The "FLAM (paper)" rows: the paper's G and terms, weights tuned on the synthetic default preset.
+    paper_adv_weight: float = 5.0  # weight of Eq. 3 in the paper rows
+    paper_match_weight: float = 20.0  # weight of Eq. 4 in the paper rows
+    paper_cycle_weight: float = 3.0  # weight of Eq. 5 in the paper rows
+    paper_epochs: int = 40  # passes over all training features (the paper rows)
     g_learning_rate: float = 1e-3  # Adam (beta_1 0.5) for G
     d_learning_rate: float = 2e-3  # Adam (beta_1 0.5) for D
 
 
 @dataclasses.dataclass
 class BaselineConfig:
-    """Cls-Concat and Emb-Concat baselines (Tables 3-4)."""
+    """Cls-Concat and Emb-Concat baselines (Tables 3-4): on FLAM's x, and from images."""
 
     block_dim: int = 96  # per-attribute block width; the paper's 341 (3 x 341 = 1023)
-    batch_size: int = 128  # features per batch
-    epochs: int = 60  # passes over the attribute_train features
-    learning_rate: float = 1e-3  # Adam
+    batch_size: int = 128  # features per batch (the "(on x)" baselines)
+    epochs: int = 60  # passes over the attribute_train features (the "(on x)" baselines)
+    learning_rate: float = 1e-3  # Adam (the "(on x)" baselines)
+    pixel_epochs: int = 6  # epochs of the baselines trained from images (0 = not trained)
+    pixel_steps_per_epoch: int = 100  # batches per epoch of the baselines trained from images
+    pixel_batch_size: int = 64  # attribute_train images per batch (their encoder: the extractor's)
 
 
 @dataclasses.dataclass
 class EvaluationConfig:
-    ablations: bool = False  # also train and report FLAM(S/-/Adv), FLAM(M/-/-), FLAM(M/-/Adv)
+    ablations: bool = False  # also train and report the paper's Table 3 ablations of FLAM (paper)
     figure_queries: int = 4  # queries shown in the Figure-2-style grid
 
 
@@ -141,6 +152,12 @@ class ExperimentConfig:
         if self.manipulator.matching not in ("M", "S"):
             raise ValueError(f"manipulator.matching must be 'M' or 'S'. "
                              f"Received: {self.manipulator.matching!r}")
+        if self.manipulator.generator not in ("memory", "mlp"):
+            raise ValueError(f"manipulator.generator must be 'memory' or 'mlp'. "
+                             f"Received: {self.manipulator.generator!r}")
+        if self.manipulator.target_sampling not in ("uniform", "partner"):
+            raise ValueError(f"manipulator.target_sampling must be 'uniform' or 'partner'. "
+                             f"Received: {self.manipulator.target_sampling!r}")
         if self.runtime.strategy not in ("default", "mirrored", "multi_worker"):
             raise ValueError(f"Unknown strategy. Received: strategy={self.runtime.strategy!r}")
         if self.data.extractor_source not in ("synthetic", "deepfashion_inshop", "deepfashion_c2s"):
@@ -161,8 +178,10 @@ def _smoke() -> ExperimentConfig:
     c.extractor = ExtractorConfig(feature_dim=64, epochs=2, steps_per_epoch=15,
                                   instances_per_batch=8, images_per_instance=4)
     c.embedder = EmbedderConfig(hidden_units=64, epochs=3, batch_size=64)
-    c.manipulator = ManipulatorConfig(g_hidden=128, d_hidden=128, epochs=3, batch_size=64)
-    c.baselines = BaselineConfig(block_dim=16, epochs=3, batch_size=64)
+    c.manipulator = ManipulatorConfig(g_hidden=128, d_hidden=128, epochs=3, paper_epochs=3,
+                                      batch_size=64)
+    c.baselines = BaselineConfig(block_dim=16, epochs=3, batch_size=64, pixel_epochs=2,
+                                 pixel_steps_per_epoch=10, pixel_batch_size=32)
     c.evaluation = EvaluationConfig(figure_queries=2)
     return c
 
@@ -175,8 +194,9 @@ def _paper() -> ExperimentConfig:
                                   steps_per_epoch=500, instances_per_batch=32,
                                   images_per_instance=4, learning_rate=1e-4)
     c.embedder = EmbedderConfig(embedding_dim=32, hidden_units=512, epochs=30)
-    c.manipulator = ManipulatorConfig(g_hidden=1024, d_hidden=1024, epochs=50)
-    c.baselines = BaselineConfig(block_dim=341, epochs=30)
+    c.manipulator = ManipulatorConfig(g_hidden=1024, d_hidden=1024, epochs=20, paper_epochs=50)
+    c.baselines = BaselineConfig(block_dim=341, epochs=30, pixel_epochs=30,
+                                 pixel_steps_per_epoch=500)
     return c
 
 

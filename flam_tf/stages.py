@@ -25,21 +25,26 @@ from flam_tf.data import pipeline
 from flam_tf.data import synthetic
 from flam_tf.run_directory import RunDirectory, write_json
 
-# Manipulator variants of Table 3 (name -> (matching, online_sampling, adversarial)).
-FLAM = "FLAM(M/OS/Adv)"
+# Manipulator variants. FLAM: the default manipulator (the config's settings). FLAM (paper): the
+# paper's G and losses (M/OS/Adv), and its Table 3 ablations (name -> (matching, online_sampling,
+# adversarial)), trained with --ablations.
+FLAM = "FLAM"
+FLAM_PAPER = "FLAM (paper)"
 ABLATIONS = {
-    "FLAM(S/-/Adv)": ("S", False, True),
-    "FLAM(M/-/-)": ("M", False, False),
-    "FLAM(M/-/Adv)": ("M", False, True),
+    "FLAM (paper, M/-/Adv)": ("M", False, True),
+    "FLAM (paper, M/-/-)": ("M", False, False),
+    "FLAM (paper, S/-/Adv)": ("S", False, True),
 }
+PAPER_SWITCHES = {FLAM_PAPER: ("M", True, True), **ABLATIONS}
 
 
 def variant_model_name(variant: str) -> str:
     """File stem of a manipulator variant: the default is `manipulator`."""
     if variant == FLAM:
         return "manipulator"
-    matching, online, adversarial = ABLATIONS[variant]
-    return f"manipulator_{matching}_{'OS' if online else 'noOS'}_{'adv' if adversarial else 'noadv'}"
+    matching, online, adversarial = PAPER_SWITCHES[variant]
+    return (f"manipulator_paper_{matching}_{'OS' if online else 'noOS'}_"
+            f"{'adv' if adversarial else 'noadv'}")
 
 
 class Context:
@@ -231,15 +236,18 @@ def stage_embedders(ctx: Context) -> Dict[str, float]:
 # ------------------------------------------------------------------------------------------------
 # manipulator
 
-def manipulator_training_features(ctx: Context) -> np.ndarray:
-    """Features of every training image, labelled or not (the semi-supervised point)."""
+def manipulator_training_features(ctx: Context):
+    """Features of every training image, labelled or not (the semi-supervised point), and their
+    attribute_train labels (int32 [N, 3], -1 where unknown; evaluation labels are never read)."""
     features, m = load_features(ctx)
-    return features[np.isin(m["split"], ("extractor_train", "attribute_train", "unlabelled"))]
+    rows = np.isin(m["split"], ("extractor_train", "attribute_train", "unlabelled"))
+    labels = np.where((m["split"] == "attribute_train")[:, None], label_matrix(m), -1)
+    return features[rows], labels[rows].astype(np.int32)
 
 
 def stage_manipulator(ctx: Context) -> Dict[str, float]:
-    """Trains FLAM(M/OS/Adv), and with --evaluation_ablations the Table 3 variants."""
-    variants = [FLAM] + (list(ABLATIONS) if ctx.config.evaluation.ablations else [])
+    """Trains FLAM, FLAM (paper), and with --evaluation_ablations the paper's Table 3 variants."""
+    variants = [FLAM, FLAM_PAPER] + (list(ABLATIONS) if ctx.config.evaluation.ablations else [])
     results = {}
     for variant in variants:
         if os.path.exists(ctx.run.model_path(variant_model_name(variant))):
@@ -248,29 +256,56 @@ def stage_manipulator(ctx: Context) -> Dict[str, float]:
     return results
 
 
+def manipulator_settings(config: config_lib.ManipulatorConfig, variant: str) -> Dict:
+    """FeatureManipulator keyword arguments of a variant: FLAM takes the config as it is; the
+    paper's rows switch off every term of ours (memory G, uniform targets, teacher, retrieval,
+    distance) and take their Table 3 switches from ABLATIONS."""
+    settings = dict(generator=config.generator, target_sampling=config.target_sampling,
+                    matching=config.matching, adversarial=config.adversarial,
+                    online_sampling=config.online_sampling, adv_weight=config.adv_weight,
+                    match_weight=config.match_weight, cycle_weight=config.cycle_weight,
+                    teacher_weight=config.teacher_weight,
+                    retrieval_weight=config.retrieval_weight,
+                    distance_weight=config.distance_weight,
+                    retrieval_temperature=config.retrieval_temperature,
+                    memory_temperature=config.memory_temperature)
+    if variant == FLAM:
+        return settings
+    matching, online, adversarial = PAPER_SWITCHES[variant]
+    settings.update(generator="mlp", target_sampling="partner", matching=matching,
+                    online_sampling=online, adversarial=adversarial,
+                    adv_weight=config.paper_adv_weight, match_weight=config.paper_match_weight,
+                    cycle_weight=config.paper_cycle_weight, teacher_weight=0.0,
+                    retrieval_weight=0.0, distance_weight=0.0)
+    return settings
+
+
 def _train_manipulator(ctx: Context, variant: str) -> float:
     from flam_tf.models import FeatureManipulator
 
     c = ctx.config.manipulator
-    matching, online, adversarial = ((c.matching, c.online_sampling, c.adversarial)
-                                     if variant == FLAM else ABLATIONS[variant])
-    x = manipulator_training_features(ctx)
+    x, known = manipulator_training_features(ctx)
     name = variant_model_name(variant)
     logging.info("manipulator %s: %d training features", variant, len(x))
     with ctx.strategy.scope():
         embedder = keras.saving.load_model(ctx.run.model_path("embedder"))
         model = FeatureManipulator(embedder, x.shape[1], embedding_dim=embedder.embedding_dim,
                                    g_hidden=(c.g_hidden, c.g_hidden),
-                                   d_hidden=(c.d_hidden, c.d_hidden), matching=matching,
-                                   adversarial=adversarial, online_sampling=online,
-                                   adv_weight=c.adv_weight, match_weight=c.match_weight,
-                                   cycle_weight=c.cycle_weight, teacher_weight=c.teacher_weight,
-                                   seed=ctx.config.runtime.seed)
+                                   d_hidden=(c.d_hidden, c.d_hidden),
+                                   seed=ctx.config.runtime.seed,
+                                   **manipulator_settings(c, variant))
         model.compile(g_optimizer=keras.optimizers.Adam(c.g_learning_rate, beta_1=0.5),
                       d_optimizer=keras.optimizers.Adam(c.d_learning_rate, beta_1=0.5))
+    # Known attribute_train labels where there are any, the frozen embedder's pseudo-labels
+    # elsewhere: the classes of the memory's initial means and of the retrieval bank.
+    labels = np.where(known >= 0, known, model.pseudo_labels(x))
+    model.initialize_memory(x, labels)
+    if model.retrieval_weight:
+        model.set_retrieval_bank(x, labels)
     history = model.fit(_feature_dataset(x, None, min(c.batch_size, len(x)),
                                          ctx.config.runtime.seed),
-                        epochs=c.epochs, callbacks=ctx.callbacks(name), verbose=2)
+                        epochs=c.epochs if variant == FLAM else c.paper_epochs,
+                        callbacks=ctx.callbacks(name), verbose=2)
     ctx.save_history(name, history)
     model.save(ctx.run.model_path(name))
     return float(history.history["cycle_cosine"][-1]) if history.history else float("nan")
@@ -279,29 +314,85 @@ def _train_manipulator(ctx: Context, variant: str) -> float:
 # ------------------------------------------------------------------------------------------------
 # baselines
 
-def stage_baselines(ctx: Context) -> Dict[str, float]:
-    """Trains Cls-Concat and Emb-Concat on attribute_train features and fits their prototypes."""
+# Baselines: report name -> model file stem. "(on x)": heads on FLAM's feature x (they inherit its
+# instance information); the plain names: the paper's, trained from images (PixelConcat).
+FEATURE_BASELINES = {"Cls-Concat (on x)": "cls_concat_on_x", "Emb-Concat (on x)": "emb_concat_on_x"}
+PIXEL_BASELINES = {"Cls-Concat": "cls_concat", "Emb-Concat": "emb_concat"}
+
+
+def pixel_baseline_features_path(ctx: Context, stem: str) -> str:
+    return ctx.run.path("features", f"{stem}_features.npz")
+
+
+def _baseline_head(name: str, feature_dim: int, c: config_lib.BaselineConfig):
     from flam_tf.models import ClsConcat, EmbConcat
 
+    return (ClsConcat if name.startswith("Cls") else EmbConcat)(feature_dim, block_dim=c.block_dim)
+
+
+def stage_baselines(ctx: Context) -> Dict[str, float]:
+    """Trains the four concat baselines and fits their class prototypes on attribute_train.
+
+    The "(on x)" heads train on FLAM's features; the paper's baselines train their own encoder
+    from attribute_train images (attribute labels only) for `pixel_epochs x pixel_steps_per_epoch`
+    batches, and their encoder features of the evaluation images are stored beside FLAM's.
+    """
     c = ctx.config.baselines
     features, m = load_features(ctx)
     train = m["split"] == "attribute_train"
     x, y = features[train], label_matrix(m)[train]
     out = {}
-    for name, cls in (("cls_concat", ClsConcat), ("emb_concat", EmbConcat)):
-        if os.path.exists(ctx.run.model_path(name)):
+    for name, stem in FEATURE_BASELINES.items():
+        if os.path.exists(ctx.run.model_path(stem)):
             continue
         with ctx.strategy.scope():
-            model = cls(features.shape[1], block_dim=c.block_dim)
+            model = _baseline_head(name, features.shape[1], c)
             model.compile(optimizer=keras.optimizers.Adam(c.learning_rate))
         history = model.fit(_feature_dataset(x, y, min(c.batch_size, len(x)),
                                              ctx.config.runtime.seed),
-                            epochs=c.epochs, callbacks=ctx.callbacks(name), verbose=2)
-        ctx.save_history(name, history)
+                            epochs=c.epochs, callbacks=ctx.callbacks(stem), verbose=2)
+        ctx.save_history(stem, history)
         model.fit_prototypes(x, y)
-        model.save(ctx.run.model_path(name))
+        model.save(ctx.run.model_path(stem))
         out[name] = float(history.history["loss"][-1])
+    if c.pixel_epochs > 0:
+        for name, stem in PIXEL_BASELINES.items():
+            if not os.path.exists(pixel_baseline_features_path(ctx, stem)):
+                out[name] = _train_pixel_baseline(ctx, name, stem)
     return out
+
+
+def _train_pixel_baseline(ctx: Context, name: str, stem: str) -> float:
+    from flam_tf.models import PixelConcat
+
+    c, e = ctx.config.baselines, ctx.config.extractor
+    m = ctx.manifest
+    train = m.select(m["split"] == "attribute_train")
+    labels = label_matrix(train)
+    size = ctx.config.data.image_size
+    ds = pipeline.labelled_dataset(train, labels, size, c.pixel_batch_size,
+                                   seed=ctx.config.runtime.seed)
+    with ctx.strategy.scope():
+        model = PixelConcat(_baseline_head(name, e.feature_dim, c), backbone=e.backbone,
+                            pooling=e.pooling, feature_dim=e.feature_dim, image_size=size,
+                            weights=e.weights or None)
+        total = c.pixel_epochs * c.pixel_steps_per_epoch
+        model.compile(optimizer=keras.optimizers.Adam(
+            keras.optimizers.schedules.CosineDecay(e.learning_rate, total, alpha=0.05)))
+    history = model.fit(ds, epochs=c.pixel_epochs, steps_per_epoch=c.pixel_steps_per_epoch,
+                        callbacks=ctx.callbacks(stem), verbose=2)
+    ctx.save_history(stem, history)
+    # Encoder features of the images the evaluation needs (zeros elsewhere), then prototypes.
+    needed = np.isin(m["split"], ("attribute_train", "fam_eval", "fir_eval"))
+    encoded = np.zeros((len(m), e.feature_dim), np.float32)
+    rows = np.nonzero(needed)[0]
+    parts = [model.encode(images).numpy()
+             for images in pipeline.image_dataset(m.select(needed), size, batch_size=256)]
+    encoded[rows] = np.concatenate(parts)
+    model.head.fit_prototypes(encoded[m["split"] == "attribute_train"], labels)
+    model.save(ctx.run.model_path(stem))
+    _save_npz(pixel_baseline_features_path(ctx, stem), feature=encoded)
+    return float(history.history["loss"][-1])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -95,21 +95,21 @@ def print_summary(run_dir: str) -> None:
     with open(path) as f:
         report = json.load(f)
     print("\n" + "=" * 72)
-    print(f"{'method':<18}{'FAM T@10':>10}{'FAM T@50':>10}{'twin R@10':>11}"
+    print(f"{'method':<24}{'FAM T@10':>10}{'FAM T@50':>10}{'twin R@10':>11}"
           f"{'FIR in-shop R@1':>17}")
-    from flam_tf.evaluation.evaluate import FLAM_FEATURE
-    from flam_tf.stages import FLAM
-
     for method, fam in report["fam"].items():
-        # FIR is reported for the FLAM feature itself, under its own key.
-        fir = report["fir"].get(FLAM_FEATURE if method == FLAM else method, {})
+        fir = report["fir"].get(method, {})  # FIR of a method's own feature, where it has one
         inshop = fir.get("in-shop", {}).get("R@1")
-        print(f"{method:<18}{fam['all']['T@10']:>10.3f}{fam['all']['T@50']:>10.3f}"
+        print(f"{method:<24}{fam['all']['T@10']:>10.3f}{fam['all']['T@50']:>10.3f}"
               f"{report['twin_recall'][method]['R@10']:>11.3f}"
               f"{(f'{inshop:.3f}' if inshop is not None else '-'):>17}")
+    from flam_tf.stages import FLAM
+
     acc = report["attribute_accuracy"]
-    print("attribute accuracy original -> manipulated: " + ", ".join(
-        f"{a} {acc['original'][a]:.2f}->{acc['manipulated'][a]:.2f}" for a in acc["original"]))
+    flam = acc["methods"][FLAM]
+    print("probe accuracy (original -> FLAM edited / kept): " + ", ".join(
+        f"{a} {acc['original'][a]:.2f}->{flam['edited'][a]:.2f}/{flam['kept'][a]:.2f}"
+        for a in acc["original"]))
     print(f"cycle cosine {report['cycle_cosine']:.3f}; total {report['timings_s']['total']:.0f} s")
     print(f"report: {os.path.join(run_dir, 'report.md')}")
     print("=" * 72)

@@ -101,3 +101,22 @@ def test_train_flag_parser_sees_continuations_and_stops_at_separators():
     text = ("python -m flam_tf.train --preset=smoke \\\n    --run_dir /tmp/x && ls --color\n"
             "`python -m flam_tf.train --stages=export` then `python -m export --top_k 5`")
     assert train_flags_in(text) == {"preset", "run_dir", "stages"}
+
+
+def test_readme_quality_table_is_the_quality_benchmarks_file():
+    """README's quality figures are benchmarks/quality.json's, rendered by benchmarks/quality.py."""
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import quality
+    finally:
+        sys.path.pop(0)
+    with open(os.path.join(REPO, "benchmarks", "quality.json")) as f:
+        saved = json.load(f)
+    readme = read("README.md")
+    begin, end = readme.index(quality.README_BEGIN), readme.index(quality.README_END)
+    table = readme[begin + len(quality.README_BEGIN):end].strip()
+    assert table == quality.readme_table(saved).strip()
+    # ...and quality.json's summary is what its own per-seed reports say.
+    runs = [{"report": saved["reports"][str(r["seed"])]} for r in saved["runs"]]
+    assert quality.summarise(runs) == saved["summary"]
+    assert len(saved["runs"]) >= 3 or saved["preset"] != "default"

@@ -22,6 +22,7 @@ from flam_tf.models import (
     Generator,
     GlobalPooling,
     ImagenetPreprocessing,
+    PixelConcat,
     build_backbone,
     select_partners,
 )
@@ -60,9 +61,14 @@ def _tiny_embedder(**kwargs):
 
 
 def _tiny_manipulator(embedder=None, **kwargs):
+    """The paper's manipulator (MLP G, partners, no terms of ours) unless kwargs say otherwise;
+    tests/test_manipulator.py covers the memory G and the retrieval term."""
     embedder = embedder or _tiny_embedder()
+    settings = dict(generator="mlp", target_sampling="partner", adversarial=True,
+                    retrieval_weight=0.0)
+    settings.update(kwargs)
     return FeatureManipulator(embedder, D, embedding_dim=K, g_hidden=(16,), d_hidden=(16,),
-                              **kwargs)
+                              **settings)
 
 
 # ------------------------------------------------------------------------------- backbones
@@ -361,7 +367,8 @@ def test_manipulator_training_lowers_generator_losses():
     history = model.fit(features, target, batch_size=32, epochs=30, verbose=0)
     after = model.evaluate(features, target, batch_size=32, verbose=0, return_dict=True)
     assert set(history.history) == {
-        "d_loss", "g_loss", "adv_loss", "match_loss", "cycle_loss", "cycle_cosine"
+        "d_loss", "g_loss", "adv_loss", "match_loss", "cycle_loss", "retrieval_loss",
+        "cycle_cosine"
     }
     assert after["g_loss"] < before["g_loss"]
     assert after["cycle_loss"] < before["cycle_loss"]
@@ -479,3 +486,29 @@ def test_teacher_weight_adds_the_embedder_matching_term():
     # g_loss gains 2 * ||phi(x~) - target||, a positive distance for an untrained G.
     assert g_on > g_off + 1e-3
     assert on.get_config()["teacher_weight"] == 2.0
+
+
+@pytest.mark.parametrize("head_cls", [ClsConcat, EmbConcat])
+def test_pixel_baseline_trains_from_images_and_round_trips(head_cls, tmp_path):
+    keras.utils.set_random_seed(4)
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 3, size=(32, 3)).astype("int32")
+    # Images whose colour channels carry the three labels.
+    images = (np.ones((32, 16, 16, 3)) * labels[:, None, None, :] * 80.0).astype("float32")
+    images += rng.uniform(0, 10, size=images.shape).astype("float32")
+    labels[::5, 1] = -1
+    model = PixelConcat(head_cls(8, block_dim=6), feature_dim=8, image_size=16)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    # Training-mode losses (the encoder's BatchNorm statistics lag behind in 15 steps).
+    history = model.fit(images, labels, batch_size=32, epochs=15, verbose=0).history
+    assert np.mean(history["loss"][-3:]) < np.mean(history["loss"][:3])
+    r = np.asarray(model(images))
+    assert r.shape == (32, 18)
+    np.testing.assert_allclose(_norms(r), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(model.head.represent(model.encode(images)), r, rtol=1e-5, atol=1e-6)
+    model.head.fit_prototypes(np.asarray(model.encode(images)), labels)
+    loaded = _save_load(model, tmp_path, f"pixel_{head_cls.__name__}")
+    np.testing.assert_allclose(loaded(images), r, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(loaded.head.prototypes["color"], model.head.prototypes["color"])
+    with pytest.raises(ValueError, match="feature_dim"):
+        PixelConcat(head_cls(8, block_dim=6), feature_dim=12, image_size=16)

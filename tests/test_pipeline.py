@@ -68,3 +68,29 @@ def test_pk_dataset_refuses_too_few_instances(bench):
     m, _ = bench
     with pytest.raises(ValueError, match="instances_per_batch"):
         pipeline.pk_dataset(m.split("fir_eval"), 24, 1000, 2, 5)
+
+
+def test_labelled_dataset_pairs_each_image_with_its_own_labels(bench):
+    m, _ = bench
+    train = m.split("attribute_train")
+    labels = np.arange(len(train) * 3, dtype=np.int32).reshape(-1, 3)  # a unique row per image
+    ds = pipeline.labelled_dataset(train, labels, 24, batch_size=5, seed=2)
+    # Unaugmented reference pixels per label row, to find which image each batch row came from.
+    reference = np.concatenate([batch.numpy() for batch in pipeline.image_dataset(train, 24)])
+    # A colour signature that flips, crops and brightness shifts barely move: channel means
+    # minus their average.
+    signature = reference.mean(axis=(1, 2))
+    signature -= signature.mean(axis=1, keepdims=True)
+    seen = set()
+    for images, batch_labels in ds.take(4):
+        assert images.shape == (5, 24, 24, 3) and batch_labels.shape == (5, 3)
+        for image, row in zip(images.numpy(), batch_labels.numpy()):
+            index = int(row[0]) // 3
+            assert labels[index].tolist() == row.tolist()
+            own = image.mean(axis=(0, 1))
+            distance = np.abs(signature - (own - own.mean())).sum(axis=1)
+            assert distance[index] <= np.sort(distance)[len(distance) // 4]  # its own image
+            seen.add(index)
+    assert len(seen) > 5  # shuffled over the split, not the first rows only
+    with pytest.raises(ValueError, match="labels"):
+        pipeline.labelled_dataset(train, labels[:-1], 24, batch_size=5)

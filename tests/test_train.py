@@ -21,7 +21,10 @@ def test_smoke_run_leaves_every_file(smoke_run):
     run_dir, output = smoke_run
     for name in ("config.json", "stages.json", "report.json", "report.md", "data/manifest.csv",
                  "models/extractor.keras", "models/embedder.keras", "models/manipulator.keras",
+                 "models/manipulator_paper_M_OS_adv.keras",
                  "models/cls_concat.keras", "models/emb_concat.keras",
+                 "models/cls_concat_on_x.keras", "models/emb_concat_on_x.keras",
+                 "features/cls_concat_features.npz", "features/emb_concat_features.npz",
                  "features/features.npz", "features/fam_gallery.npz",
                  "figures/figure2_manipulation.png", "figures/figure3_embeddings.png",
                  "figures/training_curves.png", "export/models.config"):
@@ -41,14 +44,16 @@ def test_report_json_has_the_documented_keys(smoke_run):
     for key in ("fir", "fam", "twin_recall", "attribute_accuracy", "cycle_cosine", "num_queries",
                 "timings_s", "dataset", "preset", "seed"):
         assert key in report, key
-    assert set(report["fir"]) == {"FLAM", "Cls-Concat", "Emb-Concat"}
+    baselines = {"Cls-Concat", "Emb-Concat", "Cls-Concat (on x)", "Emb-Concat (on x)"}
+    assert set(report["fir"]) == {"FLAM"} | baselines
     assert set(report["fir"]["FLAM"]) == {"in-shop", "consumer-to-shop"}
-    assert {"Identity", "FLAM(M/OS/Adv)", "Cls-Concat", "Emb-Concat"} <= set(report["fam"])
+    assert set(report["fam"]) == {"Identity", "FLAM", "FLAM (paper)", "Mean-Shift"} | baselines
     for method in report["fam"].values():
         assert set(method) == {"shape", "color", "pattern", "all"}
         assert [f"T@{k}" for k in metrics.FAM_KS] == [k for k in method["all"] if k.startswith("T@")]
     assert set(report["twin_recall"]["Identity"]) >= {"R@1", "R@10", "R@50"}
-    assert set(report["attribute_accuracy"]) == {"original", "manipulated"}
+    assert set(report["attribute_accuracy"]) == {"original", "methods"}
+    assert set(report["attribute_accuracy"]["methods"]) == {"FLAM", "FLAM (paper)", "Mean-Shift"}
     assert report["preset"] == "smoke" and report["dataset"] == "synthetic"
     assert report["timings_s"]["total"] > 0
 
@@ -94,6 +99,75 @@ def test_fam_gallery_npz_recomputes_identity_t_at_k(smoke_run):
     for k in certain:
         assert np.mean(certain[k]) - 1e-9 <= identity[f"T@{k}"] <= np.mean(possible[k]) + 1e-9
         assert np.mean(possible[k]) - np.mean(certain[k]) < 0.02  # ties are rare
+
+
+def _fam_store(run_dir):
+    with np.load(os.path.join(run_dir, "features", "fam_gallery.npz"), allow_pickle=False) as z:
+        labels = np.stack([[vocabulary.CLASSES[a].index(v) for v in z[a]]
+                           for a in vocabulary.ATTRIBUTE_TYPES], 1)
+        return (z["feature"].astype(np.float64), labels, z["instance_id"], z["twin_of"],
+                z["is_query"])
+
+
+def test_twin_recall_recomputed_from_the_saved_features_and_model(smoke_run):
+    """Identity and FLAM twin R@k from fam_gallery.npz and models/manipulator.keras, in numpy."""
+    import keras
+
+    run_dir, _ = smoke_run
+    feature, labels, ids, twin_of, is_query = _fam_store(run_dir)
+    model = keras.saving.load_model(os.path.join(run_dir, "models", "manipulator.keras"))
+    first = {ids[g]: g for g in np.nonzero(is_query)[0]}  # instance id -> its query row
+    pairs = []  # (query row, twin row, edited type, target value)
+    for g in np.nonzero(twin_of != "")[0]:
+        q = first[twin_of[g]]
+        (a,) = np.nonzero(labels[q] != labels[g])[0]  # a twin differs in exactly one type
+        pairs.append((q, g, a, labels[g, a]))
+    q, g, a, v = (np.array(c) for c in zip(*pairs))
+    unit = feature / np.linalg.norm(feature, axis=1, keepdims=True)
+    edited = np.asarray(model.manipulate_indices(feature[q].astype(np.float32),
+                                                 a.astype(np.int32), v.astype(np.int32)))
+    with open(os.path.join(run_dir, "report.json")) as f:
+        report = json.load(f)["twin_recall"]
+    for method, vectors in (("Identity", feature[q]), ("FLAM", edited)):
+        vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        scores = vectors @ unit.T
+        scores[np.arange(len(q)), q] = -np.inf  # the query itself is never a result
+        twin_score = scores[np.arange(len(q)), g]
+        for k in (1, 10):
+            kth = -np.sort(-scores, axis=1)[:, k - 1]
+            above = (scores > twin_score[:, None] + 1e-5).sum(1)
+            certain = np.mean(above < k)  # clearly inside the top k
+            possible = np.mean(twin_score >= kth - 1e-5)
+            assert certain - 1e-9 <= report[method][f"R@{k}"] <= possible + 1e-9, (method, k)
+
+
+def test_probe_accuracy_recomputed_from_the_saved_features(smoke_run):
+    """Table 5 restated: a softmax regression per type on labelled attribute_train features."""
+    import keras
+
+    from flam_tf.data import manifest as manifest_lib
+
+    run_dir, _ = smoke_run
+    with np.load(os.path.join(run_dir, "features", "features.npz"), allow_pickle=False) as z:
+        all_features, split = z["feature"], z["split"]
+    m = manifest_lib.read_manifest(os.path.join(run_dir, "data", "manifest.csv"))
+    with open(os.path.join(run_dir, "config.json")) as f:
+        seed = json.load(f)["runtime"]["seed"]
+    feature, labels, _, _, is_query = _fam_store(run_dir)
+    with open(os.path.join(run_dir, "report.json")) as f:
+        original = json.load(f)["attribute_accuracy"]["original"]
+    for a, attribute in enumerate(vocabulary.ATTRIBUTE_TYPES):
+        y = m.labels(attribute)
+        rows = (split == "attribute_train") & (y >= 0)
+        keras.utils.set_random_seed(seed)
+        probe = keras.Sequential([keras.Input((all_features.shape[1],)),
+                                  keras.layers.Dense(vocabulary.NUM_CLASSES[attribute])])
+        probe.compile(optimizer=keras.optimizers.Adam(1e-2),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        probe.fit(all_features[rows], y[rows], epochs=30, batch_size=256, verbose=0)
+        pred = np.argmax(probe.predict(feature[is_query].astype(np.float32), verbose=0), 1)
+        accuracy = float(np.mean(pred == labels[is_query, a]))
+        assert abs(accuracy - original[attribute]) <= 0.03, (attribute, accuracy, original)
 
 
 def test_rerun_skips_finished_stages(smoke_run):

@@ -121,3 +121,32 @@ def pk_dataset(manifest: manifest_lib.Manifest, image_size: int, instances_per_b
     info = {"num_instances": num_instances, "num_images": len(manifest),
             "num_ce_classes": int(min(num_ce_classes, num_instances))}
     return ds, info
+
+
+def labelled_dataset(manifest: manifest_lib.Manifest, labels: np.ndarray, image_size: int,
+                     batch_size: int, seed: int = 0) -> tf.data.Dataset:
+    """Endless shuffled, augmented batches of (images float32 [B, S, S, 3], labels int32 [B, A]).
+
+    For models trained from images with attribute labels (the pixel baselines); -1 = missing.
+
+    Raises:
+        ValueError: an empty manifest, or labels that are not one row per image.
+    """
+    labels = np.asarray(labels, np.int32)
+    if len(manifest) == 0:
+        raise ValueError("labelled_dataset: the manifest has no rows")
+    if labels.ndim != 2 or len(labels) != len(manifest):
+        raise ValueError(f"labelled_dataset: expected labels [{len(manifest)}, A]. Received: "
+                         f"labels.shape={labels.shape}")
+    ds = tf.data.Dataset.from_tensor_slices((manifest.absolute_paths(), labels))
+    ds = ds.shuffle(len(manifest), seed=seed, reshuffle_each_iteration=True).repeat().enumerate()
+
+    def load(element, row):
+        path, label = row
+        image = decode_image(tf.io.read_file(path), image_size)
+        image = augment(image, tf.stack([tf.cast(seed + 2, tf.int32), tf.cast(element, tf.int32)]),
+                        image_size)
+        return image, label
+
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

@@ -2,12 +2,16 @@
 
 Methods:
   Identity          the query feature unchanged (the floor of FAM)
-  FLAM(M/OS/Adv)    G(x, d_{a,value}) with the default manipulator (Sec. 3.3)
-  FLAM(...)         the Table 3 ablations, when trained (--evaluation_ablations)
-  Cls-Concat, Emb-Concat   replace the target attribute's block with the class prototype
+  FLAM              G(x, d_{a,value}) with the default manipulator (Sec. 3.3; memory G and the
+                    terms of ours, see FeatureManipulator)
+  FLAM (paper)      the paper's G and losses (M/OS/Adv)
+  FLAM (paper, ..)  its Table 3 ablations, when trained (--evaluation_ablations)
+  Cls-Concat, Emb-Concat   the paper's baselines, trained from images with attribute labels only:
+                    the target attribute's block replaced with the class prototype
+  Cls-Concat (on x), Emb-Concat (on x)   the same heads on FLAM's feature x
   Mean-Shift        a reference of ours: x + (class mean of the target) - (class mean of the
                     embedder's predicted source class), over attribute_train features
-FIR uses the FLAM feature itself (manipulation never touches the gallery) and the two concat
+FIR uses the FLAM feature itself (manipulation never touches the gallery) and the four concat
 representations of the same images (Table 4).
 """
 
@@ -24,10 +28,7 @@ from flam_tf.evaluation import metrics
 from flam_tf.evaluation import report as report_lib
 
 IDENTITY = "Identity"
-CLS_CONCAT = "Cls-Concat"
-EMB_CONCAT = "Emb-Concat"
 MEAN_SHIFT = "Mean-Shift"
-FLAM_FEATURE = "FLAM"
 
 
 def _batched(fn, *arrays, batch_size: int = 4096) -> np.ndarray:
@@ -68,6 +69,32 @@ def linear_probe(x_train, y_train, num_classes: int, seed: int, epochs: int = 30
     return model
 
 
+def attribute_accuracy(train_features, train_labels, query_features, query_labels, queries,
+                       manipulated: Dict[str, np.ndarray], seed: int) -> dict:
+    """Table 5, with an independent probe: one linear classifier per attribute type, trained on
+    labelled attribute_train features only (no manipulator ever sees it).
+
+    Returns:
+        {"original": {type: accuracy on the query items' own features},
+         "methods": {method: {"edited": {type: accuracy against the target, over the queries that
+         edit that type}, "kept": {type: accuracy against the query's own label, over the queries
+         that edit another type}}}}.
+    """
+    out = {"original": {}, "methods": {name: {"edited": {}, "kept": {}} for name in manipulated}}
+    for a, attribute in enumerate(vocabulary.ATTRIBUTE_TYPES):
+        probe = linear_probe(train_features, train_labels[:, a],
+                             vocabulary.NUM_CLASSES[attribute], seed)
+        pred = np.argmax(probe.predict(query_features, verbose=0), axis=1)
+        out["original"][attribute] = float(np.mean(pred == query_labels[:, a]))
+        edits = queries.attribute_index == a
+        for name, vectors in manipulated.items():
+            pred = np.argmax(probe.predict(vectors, verbose=0, batch_size=4096), axis=1)
+            hit = pred == queries.target_labels[:, a]  # the target on a; the query's own otherwise
+            out["methods"][name]["edited"][attribute] = float(np.mean(hit[edits]))
+            out["methods"][name]["kept"][attribute] = float(np.mean(hit[~edits]))
+    return out
+
+
 def evaluate_run(ctx) -> dict:
     """Evaluates every trained method of the run; writes report.json, report.md and figures."""
     from flam_tf import stages
@@ -98,8 +125,9 @@ def evaluate_run(ctx) -> dict:
     report = {"fam": {}, "twin_recall": {}, "fir": {}}
     manipulated: Dict[str, np.ndarray] = {}
     methods: List[Tuple[str, np.ndarray, np.ndarray]] = [(IDENTITY, q_feat, gallery)]
-    variants = [stages.FLAM] + [v for v in stages.ABLATIONS
-                                if _exists(ctx, stages.variant_model_name(v))]
+    variants = [v for v in stages.PAPER_SWITCHES if v != stages.FLAM_PAPER]
+    variants = [stages.FLAM, stages.FLAM_PAPER] + [
+        v for v in variants if _exists(ctx, stages.variant_model_name(v))]
     for variant in variants:
         model = keras.saving.load_model(ctx.run.model_path(stages.variant_model_name(variant)))
         out = _batched(model.manipulate_indices, q_feat, attribute_idx, target_idx)
@@ -120,16 +148,24 @@ def evaluate_run(ctx) -> dict:
                           for c in range(vocabulary.NUM_CLASSES[attribute])])
         rows = queries.attribute_index == a
         shift[rows] = means[queries.target_value[rows]] - means[source[rows, a]]
-    methods.append((MEAN_SHIFT, metrics.l2_normalize(q_feat + shift), gallery))
-    for name, stem in ((CLS_CONCAT, "cls_concat"), (EMB_CONCAT, "emb_concat")):
-        model = keras.saving.load_model(ctx.run.model_path(stem))
-        rep_gallery = _batched(model.represent, gallery)
-        out = _batched(model.manipulate, rep_gallery[queries.query_index], attribute_idx,
+    manipulated[MEAN_SHIFT] = metrics.l2_normalize(q_feat + shift)
+    methods.append((MEAN_SHIFT, manipulated[MEAN_SHIFT], gallery))
+    baselines = [(name, stem, features, lambda mm: mm)
+                 for name, stem in stages.FEATURE_BASELINES.items()]
+    for name, stem in stages.PIXEL_BASELINES.items():
+        path = stages.pixel_baseline_features_path(ctx, stem)
+        if os.path.exists(path):  # trained unless baselines.pixel_epochs is 0
+            with np.load(path, allow_pickle=False) as z:
+                baselines.append((name, stem, z["feature"], lambda mm: mm.head))
+    for name, stem, inputs, head_of in baselines:
+        head = head_of(keras.saving.load_model(ctx.run.model_path(stem)))
+        rep_gallery = _batched(head.represent, inputs[fam])
+        out = _batched(head.manipulate, rep_gallery[queries.query_index], attribute_idx,
                        target_idx)
         methods.append((name, out, rep_gallery))
-        report["fir"][name] = fir_report(features, m,
-                                         represent=lambda x, mm=model: _batched(mm.represent, x))
-    report["fir"] = {FLAM_FEATURE: fir_report(features, m), **report["fir"]}
+        report["fir"][name] = fir_report(inputs, m,
+                                         represent=lambda x, h=head: _batched(h.represent, x))
+    report["fir"] = {stages.FLAM: fir_report(features, m), **report["fir"]}
     ranked_by_method = {}
     for name, query_vectors, gallery_vectors in methods:
         ranked = rank(query_vectors, gallery_vectors)
@@ -140,17 +176,9 @@ def evaluate_run(ctx) -> dict:
         tr = metrics.twin_recall(ranked, twin_index, (1, 10, 50))
         report["twin_recall"][name] = tr
 
-    # Table 5: a simple classifier on original training features.
-    accuracy = {"original": {}, "manipulated": {}}
-    for a, attribute in enumerate(vocabulary.ATTRIBUTE_TYPES):
-        probe = linear_probe(features[train], labels_all[train, a],
-                             vocabulary.NUM_CLASSES[attribute], ctx.config.runtime.seed)
-        pred = np.argmax(probe.predict(gallery[is_query], verbose=0), axis=1)
-        accuracy["original"][attribute] = float(np.mean(pred == gallery_labels[is_query, a]))
-        chosen = queries.attribute_index == a
-        pred = np.argmax(probe.predict(manipulated[stages.FLAM][chosen], verbose=0), axis=1)
-        accuracy["manipulated"][attribute] = float(np.mean(pred == queries.target_labels[chosen, a]))
-    report["attribute_accuracy"] = accuracy
+    report["attribute_accuracy"] = attribute_accuracy(
+        features[train], labels_all[train], gallery[is_query], gallery_labels[is_query],
+        queries, manipulated, ctx.config.runtime.seed)
 
     # What the served `describe` signature answers after a manipulation: the embedder's nearest
     # dictionary class of the target attribute, against the requested value.
@@ -166,7 +194,7 @@ def evaluate_run(ctx) -> dict:
     embedded = flam_model.embedder.embed(tf.constant(q_feat))
     own = np.stack([np.asarray(embedded[a]) for a in vocabulary.ATTRIBUTE_TYPES], 1)
     e_back = own[np.arange(len(q_feat)), queries.attribute_index]
-    recovered = _batched(lambda x, e, a: flam_model.generator((x, e, a)),
+    recovered = _batched(flam_model.generate,
                          manipulated[stages.FLAM], e_back.astype(np.float32), attribute_idx)
     cos = np.sum(metrics.l2_normalize(q_feat) * metrics.l2_normalize(recovered), axis=1)
     report["cycle_cosine"] = float(np.mean(cos))
@@ -179,7 +207,7 @@ def evaluate_run(ctx) -> dict:
                               for i, a in enumerate(vocabulary.ATTRIBUTE_TYPES)},
         "twin": int(np.sum(twin_index >= 0)),
         **{f"fir_{p}": int(v.get(metrics.NUM_QUERIES, 0))
-           for p, v in report["fir"][FLAM_FEATURE].items()},
+           for p, v in report["fir"][stages.FLAM].items()},
     }
     report["dataset"] = ("synthetic" if ctx.config.data.extractor_source == "synthetic"
                          else f"{ctx.config.data.extractor_source}+{ctx.config.data.attribute_source}")
@@ -193,7 +221,8 @@ def evaluate_run(ctx) -> dict:
     from flam_tf.evaluation import figures
 
     figure_paths = figures.write_all(ctx, features, queries=queries, fam_rows=fam,
-                                     flam_ranked=ranked_by_method[stages.FLAM],
+                                     ranked_by_method={v: ranked_by_method[v] for v in
+                                                       (stages.FLAM, stages.FLAM_PAPER)},
                                      flam_model=flam_model)
     report["figures"] = figure_paths
     report_lib.write_report(ctx.run.root, report)

@@ -2,6 +2,7 @@
 
 * figure2_manipulation.png: the paper's Figure 2: a query, then per attribute type one manipulation
   and its top-3 gallery images; green border = the image has the target (shape, color, pattern).
+  One row per method for the same query (the default FLAM above FLAM (paper)).
 * figure3_embeddings.png: the paper's Figure 3: attribute embeddings of evaluation features before
   and after manipulating a third of them to color=red (t-SNE when scikit-learn is installed, else
   PCA), one panel per attribute type, points coloured by their original class.
@@ -21,17 +22,18 @@ from absl import logging
 from flam_tf import vocabulary
 
 
-def write_all(ctx, features, queries, fam_rows, flam_ranked, flam_model) -> List[str]:
+def write_all(ctx, features, queries, fam_rows, ranked_by_method, flam_model) -> List[str]:
     """Writes every figure; returns their paths relative to the run directory.
 
     Args:
         features: float32 [N, D], the feature store in manifest order (already loaded).
         queries: metrics.FamQueries of the FAM gallery.
         fam_rows: int [G], manifest rows of the FAM gallery.
-        flam_ranked: int [Q, K], the FLAM method's ranked gallery indices per query.
+        ranked_by_method: {method: int [Q, K]} ranked gallery indices per query, for the methods
+            shown side by side in figure 2.
         flam_model: the trained FeatureManipulator.
     """
-    paths = [figure2_grid(ctx, queries, fam_rows, flam_ranked)]
+    paths = [figure2_grid(ctx, queries, fam_rows, ranked_by_method)]
     try:
         import matplotlib
 
@@ -52,8 +54,8 @@ def _load_image(ctx, path: str, size: int):
     return Image.open(full).convert("RGB").resize((size, size), Image.BILINEAR)
 
 
-def figure2_grid(ctx, queries, fam_rows, ranked, top: int = 3, cell: int = 96) -> str:
-    """Query | per attribute type: 'a -> value' then its top-`top` results."""
+def figure2_grid(ctx, queries, fam_rows, ranked_by_method, top: int = 3, cell: int = 96) -> str:
+    """Per query and method, a row: query | per attribute type: 'a -> value' then its top-`top`."""
     from PIL import Image, ImageDraw
 
     m = ctx.manifest
@@ -68,7 +70,8 @@ def figure2_grid(ctx, queries, fam_rows, ranked, top: int = 3, cell: int = 96) -
     chosen = chosen[:ctx.config.evaluation.figure_queries]
     label_h, pad = 28, 6
     width = cell + len(vocabulary.ATTRIBUTE_TYPES) * (top * cell + pad) + pad
-    sheet = Image.new("RGB", (width, max(1, len(chosen)) * (cell + label_h)), "white")
+    rows = [(q, method, ranked) for q in chosen for method, ranked in ranked_by_method.items()]
+    sheet = Image.new("RGB", (width, max(1, len(rows)) * (cell + label_h)), "white")
     draw = ImageDraw.Draw(sheet)
 
     def paste(index, x, y, border, caption):
@@ -81,9 +84,9 @@ def figure2_grid(ctx, queries, fam_rows, ranked, top: int = 3, cell: int = 96) -
         return "/".join(vocabulary.CLASSES[a][row[i]][:6]
                         for i, a in enumerate(vocabulary.ATTRIBUTE_TYPES))
 
-    for r, q in enumerate(chosen):
+    for r, (q, method, ranked) in enumerate(rows):
         y = r * (cell + label_h)
-        paste(q, 0, y, (0, 160, 0), "query\n" + names(labels[q]))
+        paste(q, 0, y, (0, 160, 0), f"{method}\n" + names(labels[q]))
         for a, attribute in enumerate(vocabulary.ATTRIBUTE_TYPES):
             row = by_query[q][a]
             target = queries.target_labels[row]

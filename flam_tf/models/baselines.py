@@ -290,3 +290,87 @@ class EmbConcat(_ConcatBaseline):
             {"margin": self.margin, "mining": self.mining, "hidden_units": self.hidden_units}
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package="flam_tf")
+class PixelConcat(keras.Model):
+    """A concat baseline as the paper trains it: from images, with attribute labels only.
+
+    Its own encoder (a `FeatureExtractor` of the same backbone family as FLAM's, its CE and triplet
+    heads unused) feeds a `ClsConcat` or `EmbConcat` head; both are trained end to end with the
+    head's attribute losses. Nothing of FLAM's extractor (or its instance labels) is used, so the
+    representation carries attribute information only, as in the paper's Tables 3-4.
+
+    Args:
+        head: a `ClsConcat` or `EmbConcat` whose `feature_dim` equals the encoder's.
+        backbone, pooling, feature_dim, image_size, weights: the encoder (`FeatureExtractor`).
+
+    Call args:
+        images: float32 [B, S, S, 3] in [0, 255].
+
+    Returns:
+        float32 [B, 3 * block_dim], the head's unit norm representation.
+    """
+
+    def __init__(self, head, backbone="small_cnn", pooling="spoc", feature_dim=256,
+                 image_size=64, weights=None, **kwargs):
+        super().__init__(**kwargs)
+        from flam_tf.models.feature_extractor import FeatureExtractor
+
+        if isinstance(head, dict):
+            head = keras.saving.deserialize_keras_object(head)
+        if head.feature_dim != feature_dim:
+            raise ValueError(f"head.feature_dim must equal feature_dim. Received: "
+                             f"{head.feature_dim} and {feature_dim}")
+        self.head = head
+        self.encoder = FeatureExtractor(backbone, pooling, feature_dim, image_size,
+                                        num_ce_classes=1, ce_weight=0.0, triplet_weight=0.0,
+                                        weights=weights, name="encoder")
+        self.encoder_config = dict(backbone=backbone, pooling=pooling, feature_dim=feature_dim,
+                                   image_size=image_size, weights=weights)
+        self.built = True
+
+    @property
+    def metrics(self):
+        return self.head.metrics
+
+    def encode(self, images, training=False):
+        """The encoder's feature h: float32 [B, feature_dim], unit norm rows."""
+        return self.encoder(images, training=training)
+
+    def call(self, images, training=False):
+        return self.head.represent(self.encode(images, training=training))
+
+    def _variables(self):
+        unused = {id(v) for v in self.encoder.classifier.trainable_variables}
+        return [v for v in self.trainable_variables if id(v) not in unused]
+
+    def train_step(self, data):
+        """One step on `(images [B, S, S, 3], labels int [B, 3])`, -1 = label missing."""
+        images, labels = data
+        with tf.GradientTape() as tape:
+            h = self.encode(images, training=True)
+            loss, per_attribute = self.head._compute_losses((h, labels), training=True)
+            replica_loss = scaled_loss(loss)
+        variables = self._variables()
+        self.optimizer.apply(tape.gradient(replica_loss, variables), variables)
+        return self.head._update_trackers(loss, per_attribute)
+
+    def test_step(self, data):
+        images, labels = data
+        loss, per_attribute = self.head._compute_losses((self.encode(images), labels),
+                                                        training=False)
+        return self.head._update_trackers(loss, per_attribute)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"head": keras.saving.serialize_keras_object(self.head),
+                       **self.encoder_config})
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["head"] = keras.saving.deserialize_keras_object(config["head"])
+        config["weights"] = None  # a training-time input, as in FeatureExtractor.from_config
+        return cls(**config)

@@ -394,7 +394,7 @@ class FeatureManipulator(keras.Model):
         teacher_weight=0.0,
         retrieval_weight=10.0,
         distance_weight=0.0,
-        retrieval_temperature=0.1,
+        retrieval_temperature=0.07,
         memory_temperature=0.05,
         seed=0,
         **kwargs,

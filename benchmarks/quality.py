@@ -1,0 +1,251 @@
+#!/usr/bin/env python
+"""Quality over seeds: the main job's report figures, mean and standard deviation per method.
+
+    python benchmarks/quality.py                       # default preset, seeds 0 1 2 (~25 min)
+    python benchmarks/quality.py --seeds 0 --preset smoke --work /tmp/q --output /tmp/q
+    python benchmarks/quality.py --report_only         # rewrite the tables from quality.json
+
+Runs `python -m flam_tf.train --preset=P --seed=S` once per seed in `<work>/seed<S>` (a finished
+run directory is reused: the main job skips finished stages), then collects every run's
+report.json into `<output>/quality.json` and writes:
+  - the quality section of BENCHMARKS.md (between its markers, the rest of the file untouched),
+  - README.md's quality table (between its markers),
+when `--output` is the repository (the default). tests/test_docs.py checks that README's table
+equals what quality.json says.
+
+Figures per method: all-T@10 and T@50, per-type T@50, twin R@10, the independent probe's accuracy
+on the edited and kept types, in-shop and consumer-to-shop R@1 (methods with a feature of their
+own), and per run the wall time and peak resident memory of the main job.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+QUALITY_BEGIN = "<!-- quality: written by benchmarks/quality.py -->"
+QUALITY_END = "<!-- quality: end -->"
+README_BEGIN = "<!-- quality table: written by benchmarks/quality.py -->"
+README_END = "<!-- quality table: end -->"
+TYPES = ("shape", "color", "pattern")
+
+
+def run_seed(preset: str, seed: int, run_dir: str, extra) -> dict:
+    """Runs (or resumes) the main job; returns its wall time, peak RSS and report."""
+    report_path = os.path.join(run_dir, "report.json")
+    command = [sys.executable, "-m", "flam_tf.train", f"--preset={preset}", f"--seed={seed}",
+               f"--run_dir={run_dir}", *extra]
+    fresh = not os.path.exists(report_path)
+    # Peak RSS of this child alone: run it under a tiny wrapper that reports its own children.
+    wrapper = ("import resource, subprocess, sys; "
+               "rc = subprocess.call(sys.argv[1:]); "
+               "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+               "sys.exit(rc)")
+    print(f"== seed {seed}: {' '.join(command[1:])}", flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", wrapper, *command], cwd=REPO,
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise SystemExit(f"quality: the main job failed for seed {seed} (exit {proc.returncode})")
+    peak_kb = [int(line.split()[1]) for line in proc.stdout.splitlines()
+               if line.startswith("PEAK_RSS_KB")]
+    with open(report_path) as f:
+        report = json.load(f)
+    print(f"== seed {seed}: {seconds:.0f} s", flush=True)
+    return {"seed": seed, "run_dir": run_dir, "fresh": fresh,
+            "wall_s": report["timings_s"]["total"] if not fresh else round(seconds, 1),
+            "peak_rss_gb": round(peak_kb[0] / 2**20, 2) if peak_kb and fresh else None,
+            "report": report}
+
+
+def figures_of(report: dict) -> dict:
+    """{method: {figure name: value}} of one report."""
+    out = {}
+    accuracy = report["attribute_accuracy"]
+    for method, fam in report["fam"].items():
+        row = {"T@10": fam["all"]["T@10"], "T@50": fam["all"]["T@50"],
+               **{f"{a} T@50": fam[a]["T@50"] for a in TYPES},
+               "twin R@10": report["twin_recall"][method]["R@10"]}
+        probe = accuracy["methods"].get(method)
+        if probe:
+            row.update({f"probe {a} edited": probe["edited"][a] for a in TYPES})
+            row.update({f"probe {a} kept": probe["kept"][a] for a in TYPES})
+        fir = report["fir"].get(method, {})
+        for protocol, key in (("in-shop", "in-shop R@1"), ("consumer-to-shop", "c2s R@1")):
+            if protocol in fir:
+                row[key] = fir[protocol]["R@1"]
+        out[method] = row
+    out["original features"] = {f"probe {a} original": accuracy["original"][a] for a in TYPES}
+    return out
+
+
+def summarise(runs) -> dict:
+    """{method: {figure: {"mean", "std", "values"}}} over the runs (std: sample, n-1)."""
+    per_run = [figures_of(r["report"]) for r in runs]
+    methods = list(per_run[0])
+    out = {}
+    for method in methods:
+        out[method] = {}
+        for name in per_run[0][method]:
+            values = [f[method][name] for f in per_run if name in f.get(method, {})]
+            out[method][name] = {
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "values": values}
+    return out
+
+
+def _ms(cell) -> str:
+    return "-" if cell is None else f"{cell['mean']:.3f} ± {cell['std']:.3f}"
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def readme_table(quality: dict) -> str:
+    """The README's table: mean ± std of the headline figures per method."""
+    columns = ("T@10", "T@50", "twin R@10", "in-shop R@1", "c2s R@1")
+    summary = quality["summary"]
+    rows = [[method] + [_ms(summary[method].get(c)) for c in columns]
+            for method in summary if method != "original features"]
+    return _table(["method", "FAM T@10", "FAM T@50", "twin R@10", "FIR in-shop R@1",
+                   "FIR consumer-to-shop R@1"], rows)
+
+
+def benchmarks_section(quality: dict) -> str:
+    summary = quality["summary"]
+    runs = quality["runs"]
+    methods = [m for m in summary if m != "original features"]
+    seeds = ", ".join(str(r["seed"]) for r in runs)
+    lines = [
+        QUALITY_BEGIN,
+        "## Quality over seeds (`python benchmarks/quality.py`)",
+        "",
+        f"Preset `{quality['preset']}`, seeds {seeds}, {quality['date']}, "
+        f"{quality['machine']}. Mean ± sample standard deviation over the seeds; every seed is a "
+        "whole run of `python -m flam_tf.train` (new data, extractor, embedders, manipulators, "
+        "baselines). Raw figures: `benchmarks/quality.json`.",
+        "",
+        "### FAM top-k accuracy, twin recall, FIR",
+        "",
+        readme_table(quality),
+        "",
+        "### FAM T@50 per attribute type",
+        "",
+        _table(["method"] + [f"{a} T@50" for a in TYPES],
+               [[m] + [_ms(summary[m].get(f"{a} T@50")) for a in TYPES] for m in methods]),
+        "",
+        "### Independent linear probe (Table 5)",
+        "",
+        "A softmax regression per attribute type trained on labelled attribute_train features "
+        "only. *edited*: accuracy against the requested class on the queries that edit that "
+        "type; *kept*: accuracy against the query's own class on the queries that edit another "
+        "type. *original*: on the query items' own features.",
+        "",
+        _table(["features"] + list(TYPES),
+               [["original"] + [_ms(summary["original features"][f"probe {a} original"])
+                                for a in TYPES]]
+               + [[f"{m}, {part}"] + [_ms(summary[m].get(f"probe {a} {part}")) for a in TYPES]
+                  for m in methods if "probe shape edited" in summary[m]
+                  for part in ("edited", "kept")]),
+        "",
+        "### Main job wall time and peak memory per seed",
+        "",
+        _table(["seed", "wall (s)", "peak RSS (GB)"],
+               [[str(r["seed"]), f"{r['wall_s']:.0f}",
+                 "-" if r["peak_rss_gb"] is None else f"{r['peak_rss_gb']:.2f}"] for r in runs]),
+        "",
+        QUALITY_END,
+    ]
+    return "\n".join(lines)
+
+
+def replace_between(path: str, begin: str, end: str, block: str, append: bool) -> None:
+    """Replaces the text from `begin` to `end` (markers included) with `block`."""
+    with open(path) as f:
+        text = f.read()
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    elif append:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    else:
+        raise SystemExit(f"quality: {path} has no {begin!r} ... {end!r} markers")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--work", default=os.path.join(REPO, "benchmarks", ".work", "quality"),
+                        help="parent of the per-seed run directories")
+    parser.add_argument("--output", default=None,
+                        help="folder for quality.json (default: benchmarks/, and then README.md "
+                             "and BENCHMARKS.md are updated too)")
+    parser.add_argument("--report_only", action="store_true",
+                        help="rewrite the tables from the existing quality.json; run nothing")
+    parser.add_argument("--train_flag", action="append", default=[],
+                        help="extra flag for python -m flam_tf.train (repeatable), e.g. "
+                             "--train_flag=--ablations")
+    args = parser.parse_args(argv)
+    in_repo = args.output is None
+    output = args.output or os.path.join(REPO, "benchmarks")
+    os.makedirs(output, exist_ok=True)
+    json_path = os.path.join(output, "quality.json")
+
+    if args.report_only:
+        with open(json_path) as f:
+            quality = json.load(f)
+    else:
+        runs = [run_seed(args.preset, seed, os.path.join(args.work, f"{args.preset}_seed{seed}"),
+                         args.train_flag) for seed in args.seeds]
+        import tensorflow as tf
+
+        quality = {
+            "preset": args.preset,
+            "train_flags": args.train_flag,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}, "
+                       f"TensorFlow {tf.__version__}",
+            "runs": [{k: v for k, v in r.items() if k != "report"} for r in runs],
+            "summary": summarise(runs),
+            "reports": {str(r["seed"]): r["report"] for r in runs},
+        }
+        tmp = json_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(quality, f, indent=1)
+        os.replace(tmp, json_path)
+        print(f"wrote {json_path}")
+    section = benchmarks_section(quality)
+    if in_repo:
+        replace_between(os.path.join(REPO, "BENCHMARKS.md"), QUALITY_BEGIN, QUALITY_END, section,
+                        append=True)
+        replace_between(os.path.join(REPO, "README.md"), README_BEGIN, README_END,
+                        README_BEGIN + "\n" + readme_table(quality) + "\n" + README_END,
+                        append=False)
+        print("updated BENCHMARKS.md and README.md")
+    else:
+        with open(os.path.join(output, "quality.md"), "w") as f:
+            f.write(section + "\n")
+    print(readme_table(quality))
+
+
+if __name__ == "__main__":
+    main()
