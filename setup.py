@@ -7,7 +7,7 @@ installed into site-packages under such generic names.
 
 from setuptools import find_packages, setup
 
-# The stack measured together in shared/STACK.md (pip check clean). `tensorflow` (not
+# The stack measured together (pip check clean). `tensorflow` (not
 # `tensorflow-cpu`): tensorflow-serving-api depends on it, and the two must never be mixed.
 # No tensorflow-addons: its last release fails to import on TF 2.21 (see BUILD.md).
 INSTALL_REQUIRES = [

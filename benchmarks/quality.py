@@ -4,6 +4,7 @@
     python benchmarks/quality.py                       # default preset, seeds 0 1 2 (~25 min)
     python benchmarks/quality.py --seeds 0 --preset smoke --work /tmp/q --output /tmp/q
     python benchmarks/quality.py --report_only         # rewrite the tables from quality.json
+    python benchmarks/quality.py --train_flag=--ablations  # then add FLAM (paper)'s Table 3 rows
 
 Runs `python -m flam_tf.train --preset=P --seed=S` once per seed in `<work>/seed<S>` (a finished
 run directory is reused: the main job skips finished stages), then collects every run's
@@ -40,11 +41,19 @@ README_END = "<!-- quality table: end -->"
 TYPES = ("shape", "color", "pattern")
 
 
-def run_seed(preset: str, seed: int, run_dir: str, extra) -> dict:
-    """Runs (or resumes) the main job; returns its wall time, peak RSS and report."""
+def run_seed(preset: str, seed: int, run_dir: str, extra, previous=None) -> dict:
+    """Runs (or resumes) the main job; returns its wall time, peak RSS and report.
+
+    A run directory that already holds a report keeps the wall time and peak memory recorded when
+    it was first run (`previous`, from quality.json): a later pass that only adds the Table 3
+    ablations (`--train_flag=--ablations`) must not change what the main job costs.
+    """
     report_path = os.path.join(run_dir, "report.json")
     command = [sys.executable, "-m", "flam_tf.train", f"--preset={preset}", f"--seed={seed}",
                f"--run_dir={run_dir}", *extra]
+    if os.path.exists(report_path) and "--ablations" in extra:
+        # Add the Table 3 variants to a finished run: only they are trained, then re-evaluated.
+        command += ["--stages=manipulator,evaluate", "--force"]
     fresh = not os.path.exists(report_path)
     # Peak RSS of this child alone: run it under a tiny wrapper that reports its own children.
     wrapper = ("import resource, subprocess, sys; "
@@ -64,8 +73,10 @@ def run_seed(preset: str, seed: int, run_dir: str, extra) -> dict:
     with open(report_path) as f:
         report = json.load(f)
     print(f"== seed {seed}: {seconds:.0f} s", flush=True)
-    return {"seed": seed, "run_dir": run_dir, "fresh": fresh,
-            "wall_s": report["timings_s"]["total"] if not fresh else round(seconds, 1),
+    if not fresh and previous:
+        return {**previous, "report": report}
+    return {"seed": seed, "run_dir": os.path.relpath(run_dir, REPO),
+            "wall_s": round(seconds, 1) if fresh else report["timings_s"]["total"],
             "peak_rss_gb": round(peak_kb[0] / 2**20, 2) if peak_kb and fresh else None,
             "report": report}
 
@@ -163,6 +174,7 @@ def benchmarks_section(quality: dict) -> str:
                   for m in methods if "probe shape edited" in summary[m]
                   for part in ("edited", "kept")]),
         "",
+        *ablation_lines(summary),
         "### Main job wall time and peak memory per seed",
         "",
         _table(["seed", "wall (s)", "peak RSS (GB)"],
@@ -172,6 +184,19 @@ def benchmarks_section(quality: dict) -> str:
         QUALITY_END,
     ]
     return "\n".join(lines)
+
+
+def ablation_lines(summary: dict):
+    """The Table 3 ablations of FLAM (paper), when the runs hold them (`--ablations`)."""
+    rows = [m for m in summary if m.startswith("FLAM (paper")]
+    if len(rows) < 2:
+        return []
+    columns = ["T@10", "T@50"] + [f"{a} T@50" for a in TYPES] + ["twin R@10"]
+    return ["### Table 3 ablations of FLAM (paper)", "",
+            "The paper's G and losses with its switches: M/S = feature matching with/without "
+            "the remaining attributes, OS = online sampling, Adv = adversarial loss.", "",
+            _table(["method"] + columns, [[m] + [_ms(summary[m].get(c)) for c in columns]
+                                          for m in rows]), ""]
 
 
 def replace_between(path: str, begin: str, end: str, block: str, append: bool) -> None:
@@ -214,8 +239,19 @@ def main(argv=None):
         with open(json_path) as f:
             quality = json.load(f)
     else:
-        runs = [run_seed(args.preset, seed, os.path.join(args.work, f"{args.preset}_seed{seed}"),
-                         args.train_flag) for seed in args.seeds]
+        previous = {}
+        if os.path.exists(json_path):
+            with open(json_path) as f:
+                previous = {r["seed"]: r for r in json.load(f)["runs"]}
+        runs = []
+        for seed in args.seeds:
+            run_dir = os.path.join(args.work, f"{args.preset}_seed{seed}")
+            recorded = previous.get(seed, {})
+            same = recorded and os.path.abspath(os.path.join(REPO, recorded["run_dir"])) == \
+                os.path.abspath(run_dir)
+            runs.append(run_seed(args.preset, seed, run_dir, args.train_flag,
+                                 {k: v for k, v in recorded.items() if k != "fresh"}
+                                 if same else None))
         import tensorflow as tf
 
         quality = {

@@ -989,7 +989,7 @@ def explanations(res):
             "scores, against OpenBLAS sgemv plus `argpartition` (not investigated further; the "
             "layer is `GalleryIndex` in flam_tf/serving/export.py). The Python call cost is not "
             "one TF Serving's C++ server would pay, but that server cannot run here to measure "
-            "(STACK.md). numpy's batch-1 times swing most with the other job's load (its "
+            "(BUILD.md, section 6). numpy's batch-1 times swing most with the other job's load (its "
             "OpenBLAS threads spin on a shared machine: at 10k they ranged from "
             f"{_fmt(g('search_numpy_10000_batch1', 'min'))} to "
             f"{_fmt(g('search_numpy_10000_batch1', 'max'))} ms in this run), so the 10k ratio "

@@ -72,21 +72,18 @@ class ManipulatorConfig:
     online_sampling: bool = True  # Sec. 4.1 partner choice on/off (Table 3 'OS'; partner sampling)
     g_hidden: int = 512  # width of G's two hidden layers
     d_hidden: int = 512  # width of D's two hidden layers
-    adv_weight: float = 1.0  # weight of Eq. 3
-    match_weight: float = 1.0  # weight of Eq. 4 (through D's matching head)
-    cycle_weight: float = 1.0  # weight of Eq. 5
-    teacher_weight: float = 0.0  # weight of Eq. 4 measured by the frozen embedders (ours; 0 = off)
+    # Loss weights, shared by FLAM and the FLAM (paper) rows (BUILD.md section 8).
+    adv_weight: float = 5.0  # weight of Eq. 3 (when adversarial)
+    match_weight: float = 20.0  # weight of Eq. 4 (through D's matching head)
+    cycle_weight: float = 3.0  # weight of Eq. 5
+    teacher_weight: float = 10.0  # weight of Eq. 4 measured by the frozen embedders (ours; 0 = off)
     retrieval_weight: float = 10.0  # weight of the softmax toward real features of the target combination (ours)
     distance_weight: float = 0.0  # weight of ||x~ - x||^2 (ours; 0 = off)
     retrieval_temperature: float = 0.07  # softmax temperature of the retrieval term
     memory_temperature: float = 0.05  # temperature with which the memory G reads classes off e
     batch_size: int = 256  # features per batch (partners are chosen within it)
     epochs: int = 10  # passes over all training features (FLAM)
-    # The "FLAM (paper)" rows: the paper's G and terms, weights tuned on the synthetic default preset.
-    paper_adv_weight: float = 5.0  # weight of Eq. 3 in the paper rows
-    paper_match_weight: float = 20.0  # weight of Eq. 4 in the paper rows
-    paper_cycle_weight: float = 3.0  # weight of Eq. 5 in the paper rows
-    paper_epochs: int = 40  # passes over all training features (the paper rows)
+    paper_epochs: int = 40  # passes over all training features (the FLAM (paper) rows)
     g_learning_rate: float = 1e-3  # Adam (beta_1 0.5) for G
     d_learning_rate: float = 2e-3  # Adam (beta_1 0.5) for D
 

@@ -1,6 +1,6 @@
 """tf.distribute strategies and the loss-scaling helpers every custom `train_step` uses.
 
-Keras 3 does not scale a hand-written loss for the number of replicas (STACK.md, pitfall 3): the
+Keras 3 does not scale a hand-written loss for the number of replicas: the
 optimizer sums the replicas' gradients, so each replica must differentiate its share of the global
 loss. The convention used by every model in `flam_tf.models`:
 
@@ -66,7 +66,7 @@ def num_replicas():
 
 
 def scaled_loss(loss):
-    """This replica's share of a global loss: `loss / num_replicas_in_sync` (pitfall 3).
+    """This replica's share of a global loss: `loss / num_replicas_in_sync`.
 
     Args:
         loss: float scalar, the replica's estimate of the global (batch-mean) loss.

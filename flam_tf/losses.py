@@ -2,11 +2,12 @@
 
 Each loss is a pure TensorFlow function that carries the math; `TripletLoss` is a thin
 `keras.losses.Loss` wrapper for `model.compile`. The GAN losses have `*_per_example` variants that
-return one value per example, because under `tf.distribute` the per-replica loss must be scaled with
-`tf.nn.compute_average_loss(per_example, global_batch_size=...)` (STACK.md, pitfall 3).
+return one value per example, so that a train_step can average them over the valid rows of the
+global batch (`flam_tf.distribute.masked_mean`) and scale the result per replica
+(`flam_tf.distribute.scaled_loss`).
 
 Triplet loss semantics follow TensorFlow Addons 0.23 (`tfa.losses.triplet_semihard_loss` and
-`triplet_hard_loss`), which cannot be imported on TF 2.21 (STACK.md). Our option names map to TFA's
+`triplet_hard_loss`), which cannot be imported on TF 2.21 (BUILD.md, section 2). Our option names map to TFA's
 `distance_metric` as "cosine" -> "angular", "l2" -> "L2", "squared_l2" -> "squared-L2". The only
 intended differences: 0 instead of TFA's 0/0 = NaN for a semi-hard batch without any positive pair
 and for an empty batch (every example masked out).
@@ -209,8 +210,8 @@ def triplet_loss(
 class TripletLoss(keras.losses.Loss):
     """Keras wrapper of `triplet_loss` (Eq. 1): `y_true` labels [B], `y_pred` embeddings [B, D].
 
-    The result is a batch-level scalar: under `tf.distribute` divide it by `num_replicas_in_sync`
-    (STACK.md, pitfall 3); mining happens within each replica's slice of the batch.
+    The result is a batch-level scalar: under `tf.distribute` divide it by `num_replicas_in_sync`;
+    mining happens within each replica's slice of the batch.
     """
 
     def __init__(self, margin=1.0, mining="semi-hard", distance="cosine", name="triplet_loss",

@@ -19,6 +19,10 @@ from typing import Any, Dict, Optional
 from flam_tf import config as config_lib
 
 
+# Dotted config names a rerun may change in an existing run directory (see check_or_write_config).
+ADDITIVE_SETTINGS = ("evaluation.ablations",)
+
+
 class RunDirectory:
     """Paths and bookkeeping of one run directory `root`."""
 
@@ -47,6 +51,10 @@ class RunDirectory:
     def check_or_write_config(self, config: config_lib.ExperimentConfig) -> None:
         """Writes config.json, or checks that an existing one matches `config`.
 
+        Settings that only add work to a finished run (`ADDITIVE_SETTINGS`: the Table 3 ablations)
+        may change: config.json is rewritten, and `--stages=manipulator,evaluate --force` then
+        trains just what is missing.
+
         Raises:
             ValueError: the run directory was made with other settings (lists what differs), so
                 skipped stages would not match this configuration.
@@ -55,7 +63,10 @@ class RunDirectory:
         if os.path.exists(path):
             with open(path) as f:
                 previous = json.load(f)
-            changed = config_lib.diff(previous, config.to_dict())
+            changed = [c for c in config_lib.diff(previous, config.to_dict())
+                       if c.split(":")[0] not in ADDITIVE_SETTINGS]
+            if not changed and previous != config.to_dict():
+                write_json(path, config.to_dict())
             if changed:
                 raise ValueError(
                     f"{path} was written with other settings; use a new --run_dir or the same "

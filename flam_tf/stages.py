@@ -258,8 +258,9 @@ def stage_manipulator(ctx: Context) -> Dict[str, float]:
 
 def manipulator_settings(config: config_lib.ManipulatorConfig, variant: str) -> Dict:
     """FeatureManipulator keyword arguments of a variant: FLAM takes the config as it is; the
-    paper's rows switch off every term of ours (memory G, uniform targets, teacher, retrieval,
-    distance) and take their Table 3 switches from ABLATIONS."""
+    paper's rows keep its Eq. 3-5 weights, switch off every part of ours (memory G, uniform
+    targets, teacher, retrieval and distance terms) and take their Table 3 switches from
+    PAPER_SWITCHES."""
     settings = dict(generator=config.generator, target_sampling=config.target_sampling,
                     matching=config.matching, adversarial=config.adversarial,
                     online_sampling=config.online_sampling, adv_weight=config.adv_weight,
@@ -273,9 +274,7 @@ def manipulator_settings(config: config_lib.ManipulatorConfig, variant: str) -> 
         return settings
     matching, online, adversarial = PAPER_SWITCHES[variant]
     settings.update(generator="mlp", target_sampling="partner", matching=matching,
-                    online_sampling=online, adversarial=adversarial,
-                    adv_weight=config.paper_adv_weight, match_weight=config.paper_match_weight,
-                    cycle_weight=config.paper_cycle_weight, teacher_weight=0.0,
+                    online_sampling=online, adversarial=adversarial, teacher_weight=0.0,
                     retrieval_weight=0.0, distance_weight=0.0)
     return settings
 

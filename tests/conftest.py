@@ -1,7 +1,7 @@
 """Test-session set-up shared by every test module.
 
 Two logical CPU devices are configured before TensorFlow runs any op, so the tf.distribute tests can
-run a real 2-replica MirroredStrategy on a CPU-only machine (STACK.md, pitfall 6). Tests that do not
+run a real 2-replica MirroredStrategy on a CPU-only machine. Tests that do not
 ask for a strategy run on the first device, as they would anyway.
 """
 

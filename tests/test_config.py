@@ -31,10 +31,10 @@ def test_every_overridable_field_has_help_text():
 def test_overrides_convert_types_and_diff_names_them():
     config = config_lib.get_preset("smoke")
     config_lib.apply_override(config, "extractor", "epochs", "7")
-    config_lib.apply_override(config, "manipulator", "adversarial", "false")
-    assert config.extractor.epochs == 7 and config.manipulator.adversarial is False
+    config_lib.apply_override(config, "manipulator", "adversarial", "true")
+    assert config.extractor.epochs == 7 and config.manipulator.adversarial is True
     changed = config_lib.diff(config_lib.get_preset("smoke").to_dict(), config.to_dict())
-    assert changed == ["extractor.epochs: 2 -> 7", "manipulator.adversarial: True -> False"]
+    assert changed == ["extractor.epochs: 2 -> 7", "manipulator.adversarial: False -> True"]
 
 
 @pytest.mark.parametrize("section, name, value, message", [
@@ -55,3 +55,18 @@ def test_unknown_settings_and_presets_are_errors():
         config_lib.ExperimentConfig.from_dict({"extractor": {"bogus": 1}})
     with pytest.raises(ValueError, match="huge"):
         config_lib.get_preset("huge")
+
+
+def test_ablations_may_be_added_to_a_finished_run_directory(tmp_path):
+    from flam_tf.run_directory import RunDirectory
+
+    run = RunDirectory(str(tmp_path))
+    config = config_lib.get_preset("smoke")
+    run.check_or_write_config(config)
+    config.evaluation.ablations = True  # adds work only: accepted and recorded
+    run.check_or_write_config(config)
+    with open(tmp_path / "config.json") as f:
+        assert json.load(f)["evaluation"]["ablations"] is True
+    config.manipulator.epochs = 99  # changes what finished stages computed: refused
+    with pytest.raises(ValueError, match="manipulator.epochs: 3 -> 99"):
+        run.check_or_write_config(config)

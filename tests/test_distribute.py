@@ -1,4 +1,4 @@
-"""One custom train_step on 2 replicas equals the same step on one device (STACK.md, pitfalls 1-6).
+"""One custom train_step on 2 replicas equals the same step on one device.
 
 tests/conftest.py splits the CPU into two logical devices, so MirroredStrategy(["/cpu:0",
 "/cpu:1"]) runs 2 real replicas. For each model: build one copy on the default strategy and one in
@@ -11,7 +11,7 @@ rounding of the accumulated sums, not bit for bit. An element that is a small di
 terms (cancellation, e.g. through the BatchNorm backward pass) keeps the absolute rounding error of
 those terms, so the bound is scaled per tensor: |update_2 - update_1| <= 1e-4 * |update_1| +
 1e-4 * max|update_1 of that tensor|. The worst case seen is ~3e-6 of the tensor's largest update
-(extractor conv weights), a 30x margin, while a missing 1/N loss scaling (pitfall 3) would be off by
+(extractor conv weights), a 30x margin, while a missing 1/N loss scaling would be off by
 100% on every element.
 
 Making the 2-replica step equal to the global step needs in-batch mining to give the same triplets:
@@ -139,7 +139,7 @@ def test_manipulator_step_matches_on_two_replicas(mirrored, generator):
         model.compile(g_optimizer=keras.optimizers.SGD(0.5), d_optimizer=keras.optimizers.SGD(0.5))
 
     reference, replicated = _assert_same_step(build, compile_fn, (features, target, 16), mirrored)
-    # The D optimizer was built in the scope, on D's variables only (pitfall 2).
+    # The D optimizer was built in the scope, on D's variables only (else 2 replicas fail).
     assert replicated.d_optimizer.iterations.numpy() == 1
 
 

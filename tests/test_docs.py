@@ -120,3 +120,20 @@ def test_readme_quality_table_is_the_quality_benchmarks_file():
     runs = [{"report": saved["reports"][str(r["seed"])]} for r in saved["runs"]]
     assert quality.summarise(runs) == saved["summary"]
     assert len(saved["runs"]) >= 3 or saved["preset"] != "default"
+
+
+def test_build_md_sweep_table_is_the_sweep_file():
+    """BUILD.md section 8's manipulator table is benchmarks/manipulator_sweep.json, rendered."""
+    pytest.importorskip("tensorflow")  # the sweep module imports the package
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import manipulator_sweep
+    finally:
+        sys.path.pop(0)
+    with open(os.path.join(REPO, "benchmarks", "manipulator_sweep.json")) as f:
+        sweep = json.load(f)
+    text = read("BUILD.md")
+    begin = text.index(manipulator_sweep.TABLE_BEGIN) + len(manipulator_sweep.TABLE_BEGIN)
+    assert text[begin:text.index(manipulator_sweep.TABLE_END)].strip() == \
+        manipulator_sweep.sweep_table(sweep).strip()
+    assert "default" in sweep["results"]

@@ -64,8 +64,8 @@ def _tiny_manipulator(embedder=None, **kwargs):
     """The paper's manipulator (MLP G, partners, no terms of ours) unless kwargs say otherwise;
     tests/test_manipulator.py covers the memory G and the retrieval term."""
     embedder = embedder or _tiny_embedder()
-    settings = dict(generator="mlp", target_sampling="partner", adversarial=True,
-                    retrieval_weight=0.0)
+    settings = dict(generator="mlp", target_sampling="partner", adversarial=True, adv_weight=1.0,
+                    match_weight=1.0, cycle_weight=10.0, teacher_weight=0.0, retrieval_weight=0.0)
     settings.update(kwargs)
     return FeatureManipulator(embedder, D, embedding_dim=K, g_hidden=(16,), d_hidden=(16,),
                               **settings)

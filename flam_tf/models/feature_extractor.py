@@ -173,7 +173,7 @@ class FeatureExtractor(keras.Model):
         ce = masked_mean(ce_per_example, ce_mask)  # over rows among the num_ce_classes ids only
         triplet = losses.triplet_loss(
             instance, features, margin=self.margin, mining=self.mining, distance=self.distance
-        )  # Eq. 1, mined within this replica's slice (STACK.md, pitfall 5)
+        )  # Eq. 1, mined within this replica's slice
         loss = self.ce_weight * ce + self.triplet_weight * triplet
         loss = check_finite(loss, "FeatureExtractor loss")
         return loss, ce, triplet

@@ -12,7 +12,7 @@ Every version folder carries warm-up requests (`assets.extra/tf_serving_warmup_r
 appears complete or not at all (written beside it under a non-integer name, which TF Serving
 ignores, then renamed). Models are exported with `keras.export.ExportArchive`, because TF Serving
 (like `saved_model_cli run`) cannot restore the variables of a hand-made `tf.Module` wrapper around
-Keras 3 models (STACK.md). All signature and tensor names come from `flam_tf.serving.signatures`.
+Keras 3 models. All signature and tensor names come from `flam_tf.serving.signatures`.
 """
 
 import importlib
