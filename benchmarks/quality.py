@@ -181,6 +181,7 @@ def benchmarks_section(quality: dict) -> str:
                [[str(r["seed"]), f"{r['wall_s']:.0f}",
                  "-" if r["peak_rss_gb"] is None else f"{r['peak_rss_gb']:.2f}"] for r in runs]),
         "",
+        *([quality["note"], ""] if quality.get("note") else []),
         QUALITY_END,
     ]
     return "\n".join(lines)
@@ -229,6 +230,8 @@ def main(argv=None):
     parser.add_argument("--train_flag", action="append", default=[],
                         help="extra flag for python -m flam_tf.train (repeatable), e.g. "
                              "--train_flag=--ablations")
+    parser.add_argument("--note", default=None,
+                        help="a remark printed under the wall-time table (kept in quality.json)")
     args = parser.parse_args(argv)
     in_repo = args.output is None
     output = args.output or os.path.join(REPO, "benchmarks")
@@ -269,6 +272,10 @@ def main(argv=None):
             json.dump(quality, f, indent=1)
         os.replace(tmp, json_path)
         print(f"wrote {json_path}")
+    if args.note is not None:
+        quality["note"] = args.note
+        with open(json_path, "w") as f:
+            json.dump(quality, f, indent=1)
     section = benchmarks_section(quality)
     if in_repo:
         replace_between(os.path.join(REPO, "BENCHMARKS.md"), QUALITY_BEGIN, QUALITY_END, section,
