@@ -34,6 +34,8 @@ from flam_tf import stages, vocabulary  # noqa: E402
 from flam_tf.evaluation import evaluate, metrics  # noqa: E402
 from flam_tf.run_directory import RunDirectory  # noqa: E402
 
+import quality  # noqa: E402  (benchmarks/quality.py: the marker replacement)
+
 # name -> manipulator settings changed from the default (flam_tf/config.py).
 SETTINGS = {
     "default": {},
@@ -89,11 +91,9 @@ def measure(ctx, model) -> dict:
     fam = np.nonzero(m["split"] == "fam_eval")[0]
     gallery, gallery_labels = features[fam], labels[fam]
     is_query = m.has_role("fam_query")[fam]
-    ids, twin_of = m["instance_id"][fam], m.get("twin_of")[fam]
     queries = metrics.fam_queries(gallery_labels, is_query)
-    lookup = {(src, tuple(gallery_labels[i])): i for i, src in enumerate(twin_of) if src}
-    twin = np.array([lookup.get((ids[q], tuple(t)), -1)
-                     for q, t in zip(queries.query_index, queries.target_labels)])
+    twin = metrics.twin_indices(queries, gallery_labels, m["instance_id"][fam],
+                                m.get("twin_of")[fam])
     edited = evaluate._batched(model.manipulate_indices, gallery[queries.query_index],
                                queries.attribute_index.astype(np.int32),
                                queries.target_value.astype(np.int32))
@@ -149,14 +149,10 @@ def main(argv=None):
         json.dump(sweep, f, indent=1)
     print(f"wrote {args.output}")
     build_md = os.path.join(REPO, "BUILD.md")
-    with open(build_md) as f:
-        text = f.read()
-    if TABLE_BEGIN in text and TABLE_END in text:
-        text = (text[:text.index(TABLE_BEGIN)] + TABLE_BEGIN + "\n" + sweep_table(sweep) + "\n"
-                + text[text.index(TABLE_END):])
-        with open(build_md, "w") as f:
-            f.write(text)
-        print(f"updated the sweep table in {build_md}")
+    quality.replace_between(build_md, TABLE_BEGIN, TABLE_END,
+                            TABLE_BEGIN + "\n" + sweep_table(sweep) + "\n" + TABLE_END,
+                            append=False)
+    print(f"updated the sweep table in {build_md}")
 
 
 if __name__ == "__main__":

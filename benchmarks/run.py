@@ -47,6 +47,7 @@ from flam_tf import config as config_lib  # noqa: E402
 from flam_tf import vocabulary  # noqa: E402
 from flam_tf.data import synthetic  # noqa: E402
 from flam_tf.serving import signatures as sig  # noqa: E402
+from quality import QUALITY_BEGIN, QUALITY_END  # noqa: E402  (its BENCHMARKS.md section)
 
 SECTIONS = ("ceiling", "synthetic", "extractor_training", "extraction", "feature_training",
             "manipulation", "search", "main_job")
@@ -61,8 +62,6 @@ SECTION_TITLES = {
     "main_job": "7. Main job (`python -m flam_tf.train`)",
 }
 MATMUL_N = 4096
-QUALITY_BEGIN = "<!-- quality: written by benchmarks/quality.py -->"
-QUALITY_END = "<!-- quality: end -->"
 TOP_K = sig.DEFAULT_TOP_K
 
 

@@ -103,18 +103,30 @@ def test_train_flag_parser_sees_continuations_and_stops_at_separators():
     assert train_flags_in(text) == {"preset", "run_dir", "stages"}
 
 
-def test_readme_quality_table_is_the_quality_benchmarks_file():
-    """README's quality figures are benchmarks/quality.json's, rendered by benchmarks/quality.py."""
+def benchmark_module(name):
+    """Imports benchmarks/<name>.py (the scripts are not a package)."""
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     try:
-        import quality
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
-    with open(os.path.join(REPO, "benchmarks", "quality.json")) as f:
-        saved = json.load(f)
-    readme = read("README.md")
-    begin, end = readme.index(quality.README_BEGIN), readme.index(quality.README_END)
-    table = readme[begin + len(quality.README_BEGIN):end].strip()
+
+
+def benchmark_file(name):
+    with open(os.path.join(REPO, "benchmarks", name)) as f:
+        return json.load(f)
+
+
+def between(text, begin, end):
+    """The text between two markers, stripped."""
+    return text[text.index(begin) + len(begin):text.index(end)].strip()
+
+
+def test_readme_quality_table_is_the_quality_benchmarks_file():
+    """README's quality figures are benchmarks/quality.json's, rendered by benchmarks/quality.py."""
+    quality = benchmark_module("quality")
+    saved = benchmark_file("quality.json")
+    table = between(read("README.md"), quality.README_BEGIN, quality.README_END)
     assert table == quality.readme_table(saved).strip()
     # ...and quality.json's summary is what its own per-seed reports say.
     runs = [{"report": saved["reports"][str(r["seed"])]} for r in saved["runs"]]
@@ -125,15 +137,8 @@ def test_readme_quality_table_is_the_quality_benchmarks_file():
 def test_build_md_sweep_table_is_the_sweep_file():
     """BUILD.md section 8's manipulator table is benchmarks/manipulator_sweep.json, rendered."""
     pytest.importorskip("tensorflow")  # the sweep module imports the package
-    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-    try:
-        import manipulator_sweep
-    finally:
-        sys.path.pop(0)
-    with open(os.path.join(REPO, "benchmarks", "manipulator_sweep.json")) as f:
-        sweep = json.load(f)
-    text = read("BUILD.md")
-    begin = text.index(manipulator_sweep.TABLE_BEGIN) + len(manipulator_sweep.TABLE_BEGIN)
-    assert text[begin:text.index(manipulator_sweep.TABLE_END)].strip() == \
-        manipulator_sweep.sweep_table(sweep).strip()
+    manipulator_sweep = benchmark_module("manipulator_sweep")
+    sweep = benchmark_file("manipulator_sweep.json")
+    table = between(read("BUILD.md"), manipulator_sweep.TABLE_BEGIN, manipulator_sweep.TABLE_END)
+    assert table == manipulator_sweep.sweep_table(sweep).strip()
     assert "default" in sweep["results"]

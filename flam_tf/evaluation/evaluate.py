@@ -26,6 +26,7 @@ import tensorflow as tf
 from flam_tf import vocabulary
 from flam_tf.evaluation import metrics
 from flam_tf.evaluation import report as report_lib
+from flam_tf.models.manipulator import class_means
 
 IDENTITY = "Identity"
 MEAN_SHIFT = "Mean-Shift"
@@ -112,9 +113,7 @@ def evaluate_run(ctx) -> dict:
     attribute_idx = queries.attribute_index.astype(np.int32)
     target_idx = queries.target_value.astype(np.int32)
     # The gallery index of the twin that carries exactly this query's target, if any.
-    twin_lookup = {(src, tuple(gallery_labels[i])): i for i, src in enumerate(twin_of) if src}
-    twin_index = np.array([twin_lookup.get((ids[q], tuple(t)), -1)
-                           for q, t in zip(queries.query_index, queries.target_labels)])
+    twin_index = metrics.twin_indices(queries, gallery_labels, ids, twin_of)
     k_max = min(max(metrics.FAM_KS), len(fam) - 1)
 
     def rank(query_vectors, gallery_vectors):
@@ -138,16 +137,11 @@ def evaluate_run(ctx) -> dict:
     # Mean-Shift (a reference, not in the paper): x + mu_target - mu_source over attribute_train
     # class means, the source class as the embedder predicts it (no evaluation labels used).
     train = m["split"] == "attribute_train"
-    predicted = flam_model.embedder.classify(tf.constant(q_feat))
-    source = np.stack([np.asarray(predicted[a][0]) for a in vocabulary.ATTRIBUTE_TYPES], 1)
-    shift = np.zeros_like(q_feat)
-    for a, attribute in enumerate(vocabulary.ATTRIBUTE_TYPES):
-        labelled = train & (labels_all[:, a] >= 0)
-        means = np.stack([features[labelled & (labels_all[:, a] == c)].mean(0)
-                          if np.any(labelled & (labels_all[:, a] == c)) else np.zeros(q_feat.shape[1])
-                          for c in range(vocabulary.NUM_CLASSES[attribute])])
-        rows = queries.attribute_index == a
-        shift[rows] = means[queries.target_value[rows]] - means[source[rows, a]]
+    source = flam_model.pseudo_labels(q_feat)  # [Q, 3]
+    means = class_means(features[train], labels_all[train],
+                        [vocabulary.NUM_CLASSES[a] for a in vocabulary.ATTRIBUTE_TYPES])
+    a = queries.attribute_index
+    shift = means[a, queries.target_value] - means[a, source[np.arange(len(a)), a]]
     manipulated[MEAN_SHIFT] = metrics.l2_normalize(q_feat + shift)
     methods.append((MEAN_SHIFT, manipulated[MEAN_SHIFT], gallery))
     baselines = [(name, stem, features, lambda mm: mm)

@@ -307,6 +307,23 @@ def fam_top_k_accuracy(ranked_indices, gallery_labels, target_labels, attribute_
     return results
 
 
+def twin_indices(queries, gallery_labels, instance_ids, twin_of):
+    """The gallery index of the counterfactual twin that carries each query's target, or -1.
+
+    Args:
+        queries: FamQueries over the gallery.
+        gallery_labels: int [N, A] dense labels.
+        instance_ids: str [N], the gallery's instance ids.
+        twin_of: str [N], the instance id a twin was rendered from ("" for other items).
+
+    Returns:
+        int64 array [Q].
+    """
+    lookup = {(src, tuple(gallery_labels[i])): i for i, src in enumerate(twin_of) if src}
+    return np.array([lookup.get((instance_ids[q], tuple(t)), -1)
+                     for q, t in zip(queries.query_index, queries.target_labels)], dtype=np.int64)
+
+
 def twin_recall(ranked_indices, twin_index, ks=FAM_KS):
     """R@k that a query's counterfactual twin itself is in the top k.
 

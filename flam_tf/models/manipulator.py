@@ -22,6 +22,28 @@ TARGET_SAMPLING = ("uniform", "partner")
 _REPLICA_SEED_STRIDE = 1000003
 
 
+def class_means(features, labels, class_counts):
+    """Per attribute type and class, the mean of the feature rows with that label.
+
+    Args:
+        features: float [N, D].
+        labels: int [N, n_types], -1 where unknown (left out of every mean).
+        class_counts: C_a per attribute type.
+
+    Returns:
+        float32 [n_types, max(class_counts), D]; a class without rows (or a padding row) is 0.
+    """
+    features = np.asarray(features, np.float32)
+    labels = np.asarray(labels)
+    means = np.zeros((len(class_counts), max(class_counts), features.shape[1]), np.float32)
+    for a, count in enumerate(class_counts):
+        for c in range(count):
+            rows = labels[:, a] == c
+            if rows.any():
+                means[a, c] = features[rows].mean(0)
+    return means
+
+
 def _padding_penalty(class_counts):
     """[n_types, C_max] additive scores: 0 for real classes, -1e9 for zero-padded dictionary rows."""
     max_classes = max(class_counts)
@@ -516,25 +538,23 @@ class FeatureManipulator(keras.Model):
 
     def initialize_memory(self, features, labels):
         """Starts the MemoryGenerator at per-class means of `features` (labels int [N, 3], -1 skip)."""
-        if self.generator_type != "memory":
-            return
-        features = np.asarray(features, np.float32)
-        means = np.zeros((NUM_TYPES, max(self.class_counts), self.feature_dim), np.float32)
-        for a in range(NUM_TYPES):
-            for c in range(self.class_counts[a]):
-                rows = labels[:, a] == c
-                if rows.any():
-                    means[a, c] = features[rows].mean(0)
-        self.generator.initialize_memory(means)
+        if self.generator_type == "memory":
+            self.generator.initialize_memory(class_means(features, labels, self.class_counts))
 
-    def generate(self, features, embeddings, attribute_index):
-        """x~ = G(x, e) on attribute type `attribute_index`; the source is phi_a(x) (memory G)."""
+    def generate(self, features, embeddings, attribute_index, source_embeddings=None):
+        """x~ = G(x, e) on attribute type `attribute_index`.
+
+        The memory G also takes the query's own embedding phi_a(x) (`source_embeddings`, computed
+        here when not given).
+        """
         features = tf.convert_to_tensor(features, tf.float32)
         attribute_index = tf.cast(tf.reshape(attribute_index, [-1]), tf.int32)
         if self.generator_type == "memory":
-            own = tf.stack(list(self.embedder.embed(features).values()), axis=1)  # [B, 3, k]
-            source = tf.gather(own, attribute_index, batch_dims=1)
-            return self.generator((features, embeddings, attribute_index, source))
+            if source_embeddings is None:
+                own = tf.stack([self.embedder.embed(features)[a] for a in ATTRIBUTE_TYPES],
+                               axis=1)  # [B, 3, k]
+                source_embeddings = tf.gather(own, attribute_index, batch_dims=1)
+            return self.generator((features, embeddings, attribute_index, source_embeddings))
         return self.generator((features, embeddings, attribute_index))
 
     def call(self, inputs):
@@ -636,7 +656,9 @@ class FeatureManipulator(keras.Model):
 
         # Discriminator: Eq. 3 (D side) + Eq. 4 real term.
         with tf.GradientTape() as d_tape:
-            x_fake = tf.stop_gradient(self.generate(features, p["e_neg"], target_index))
+            # phi_a(x) is the source of both edits of x (computed once, in _pairs).
+            x_fake = tf.stop_gradient(
+                self.generate(features, p["e_neg"], target_index, p["e_own"]))
             real_logits, f_real = self.discriminator(features)
             match_real = masked_mean(
                 losses.feature_matching_loss(
@@ -666,7 +688,7 @@ class FeatureManipulator(keras.Model):
 
         # Generator: Eq. 3 (non-saturating) + Eq. 4 fake term + Eq. 5 + the terms of ours.
         with tf.GradientTape() as g_tape:
-            x_fake = self.generate(features, p["e_neg"], target_index)  # x~ = G(x, e^-)
+            x_fake = self.generate(features, p["e_neg"], target_index, p["e_own"])  # G(x, e^-)
             fake_logits, f_fake = self.discriminator(x_fake)
             if self.adversarial:
                 adv_g = masked_mean(losses.generator_adversarial_loss_per_example(fake_logits), valid)
