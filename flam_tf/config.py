@@ -30,6 +30,7 @@ class DataConfig:
     twins_per_item: int = 1  # synthetic: counterfactual twins per FAM evaluation item
     top_n_classes: int = 10  # real attribute sources: classes kept per attribute type
     fam_eval_size: int = 0  # real attribute sources: FAM evaluation images (0 = reader default)
+    max_image_pixels: int = 4096 * 4096  # largest image (height x width) the input pipeline decodes
 
 
 @dataclasses.dataclass
@@ -167,6 +168,85 @@ class ExperimentConfig:
                 raise ValueError(f"data source {source!r} needs its data directory flag")
         if self.extractor.images_per_instance < 2:
             raise ValueError("extractor.images_per_instance must be >= 2 for triplet positives")
+        if self.extractor.backbone not in BACKBONES:
+            raise ValueError(f"extractor.backbone must be one of {list(BACKBONES)}. "
+                             f"Received: {self.extractor.backbone!r}")
+        if self.extractor.pooling not in POOLING_MODES:
+            raise ValueError(f"extractor.pooling must be one of {list(POOLING_MODES)}. "
+                             f"Received: {self.extractor.pooling!r}")
+        for name, ok, requirement in _NUMERIC_CHECKS:
+            section, field = name.split(".")
+            value = getattr(getattr(self, section), field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+                raise ValueError(f"{name} must be {requirement}. Received: {value!r}")
+
+
+# Kept in step with flam_tf.models.backbones (not imported here: it imports TensorFlow).
+BACKBONES = ("small_cnn", "resnet50", "densenet121", "inception_resnet_v2", "efficientnet_b0")
+POOLING_MODES = ("spoc", "mac", "gem")
+
+
+def _at_least(low):
+    return (lambda v: v >= low), f">= {low}"
+
+
+def _positive():
+    return (lambda v: 0 < v < float("inf")), "> 0"
+
+
+def _non_negative():
+    return (lambda v: 0 <= v < float("inf")), ">= 0"
+
+
+# (section.field, check, requirement) for every numeric setting; a NaN fails every check.
+_NUMERIC_CHECKS = [(name, *check) for name, check in (
+    ("data.image_size", _at_least(16)),
+    ("data.num_instances", _at_least(10)),
+    ("data.entanglement", _non_negative()),
+    ("data.label_missing_prob", ((lambda v: 0 <= v < 1), "in [0, 1) (1 leaves no labels)")),
+    ("data.twins_per_item", ((lambda v: 0 <= v <= 3), "in 0..3 (one per attribute type)")),
+    ("data.top_n_classes", ((lambda v: 1 <= v <= 10), "in 1..10 (the vocabulary's classes)")),
+    ("data.fam_eval_size", _at_least(0)),
+    ("data.max_image_pixels", _at_least(1)),
+    ("extractor.feature_dim", _at_least(1)),
+    ("extractor.num_ce_classes", _at_least(1)),
+    ("extractor.margin", _non_negative()),
+    ("extractor.instances_per_batch", _at_least(2)),
+    ("extractor.images_per_instance", _at_least(2)),
+    ("extractor.epochs", _at_least(1)),
+    ("extractor.steps_per_epoch", _at_least(1)),
+    ("extractor.learning_rate", _positive()),
+    ("embedder.embedding_dim", _at_least(1)),
+    ("embedder.hidden_units", _at_least(1)),
+    ("embedder.margin", _non_negative()),
+    ("embedder.batch_size", _at_least(2)),
+    ("embedder.epochs", _at_least(1)),
+    ("embedder.learning_rate", _positive()),
+    ("manipulator.g_hidden", _at_least(1)),
+    ("manipulator.d_hidden", _at_least(1)),
+    ("manipulator.adv_weight", _non_negative()),
+    ("manipulator.match_weight", _non_negative()),
+    ("manipulator.cycle_weight", _non_negative()),
+    ("manipulator.teacher_weight", _non_negative()),
+    ("manipulator.retrieval_weight", _non_negative()),
+    ("manipulator.distance_weight", _non_negative()),
+    ("manipulator.retrieval_temperature", _positive()),
+    ("manipulator.memory_temperature", _positive()),
+    ("manipulator.batch_size", _at_least(2)),
+    ("manipulator.epochs", _at_least(1)),
+    ("manipulator.paper_epochs", _at_least(1)),
+    ("manipulator.g_learning_rate", _positive()),
+    ("manipulator.d_learning_rate", _positive()),
+    ("baselines.block_dim", _at_least(1)),
+    ("baselines.batch_size", _at_least(1)),
+    ("baselines.epochs", _at_least(1)),
+    ("baselines.learning_rate", _positive()),
+    ("baselines.pixel_epochs", _at_least(0)),
+    ("baselines.pixel_steps_per_epoch", _at_least(1)),
+    ("baselines.pixel_batch_size", _at_least(1)),
+    ("evaluation.figure_queries", _at_least(1)),
+    ("runtime.seed", ((lambda v: 0 <= v < 2 ** 32), "in [0, 2**32)")),
+)]
 
 
 def _smoke() -> ExperimentConfig:

@@ -13,6 +13,7 @@
 
 import json
 import os
+import tempfile
 import time
 from typing import Any, Dict, Optional
 
@@ -27,9 +28,30 @@ class RunDirectory:
     """Paths and bookkeeping of one run directory `root`."""
 
     def __init__(self, root: str):
+        """Creates the run directory and its sub-directories where missing.
+
+        Raises:
+            ValueError: `root` (or a directory above it, or one of its sub-directories) is a file,
+                or the run directory cannot be written; checked before anything is written.
+        """
         self.root = os.path.abspath(root)
+        existing = self.root
+        while not os.path.exists(existing):  # the deepest part of the path that exists
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            what = "is a file" if existing == self.root else f"is inside a file ({existing})"
+            raise ValueError(f"--run_dir {self.root} {what}; give a directory")
+        try:  # really write (permissions, a read-only file system, root's privileges all count)
+            os.makedirs(self.root, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.root):
+                pass
+        except OSError as e:
+            raise ValueError(f"--run_dir {self.root} is not writable ({e.strerror})") from e
         for sub in ("data", "checkpoints", "models", "features", "logs", "figures"):
-            os.makedirs(os.path.join(self.root, sub), exist_ok=True)
+            path = os.path.join(self.root, sub)
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise ValueError(f"--run_dir {self.root}: {path} is a file, not a directory")
+            os.makedirs(path, exist_ok=True)
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
@@ -55,16 +77,22 @@ class RunDirectory:
         may change: config.json is rewritten, and `--stages=manipulator,evaluate --force` then
         trains just what is missing.
 
+        `config` is validated first: only a valid config is ever written. A setting added to the
+        config after config.json was written counts as unchanged while it has its default value.
+
         Raises:
-            ValueError: the run directory was made with other settings (lists what differs), so
-                skipped stages would not match this configuration.
+            ValueError: an invalid setting (`ExperimentConfig.validate`), a config.json that is
+                not a JSON object, or a run directory made with other settings (lists what
+                differs), so skipped stages would not match this configuration.
         """
+        config.validate()
         path = self.path("config.json")
         if os.path.exists(path):
-            with open(path) as f:
-                previous = json.load(f)
+            previous = _read_json_object(path, "config")
+            defaults = config_lib.ExperimentConfig().to_dict()
             changed = [c for c in config_lib.diff(previous, config.to_dict())
-                       if c.split(":")[0] not in ADDITIVE_SETTINGS]
+                       if c.split(":")[0] not in ADDITIVE_SETTINGS
+                       and not _added_at_default(c.split(":")[0], previous, config, defaults)]
             if not changed and previous != config.to_dict():
                 write_json(path, config.to_dict())
             if changed:
@@ -79,8 +107,7 @@ class RunDirectory:
         path = self.path("stages.json")
         if not os.path.exists(path):
             return {}
-        with open(path) as f:
-            return json.load(f)
+        return _read_json_object(path, "stage bookkeeping")
 
     def is_done(self, stage: str) -> bool:
         return stage in self._stages()
@@ -98,6 +125,28 @@ class RunDirectory:
 
     def stage_info(self, stage: str) -> Optional[Dict[str, Any]]:
         return self._stages().get(stage)
+
+
+def _read_json_object(path: str, what: str) -> Dict[str, Any]:
+    """A JSON object from `path`; ValueError naming the file if it is damaged."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is damaged ({e}); delete it or use a new --run_dir") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is damaged (not a JSON object of {what}); delete it or use a "
+                         f"new --run_dir")
+    return value
+
+
+def _added_at_default(name: str, previous: Dict[str, Any], config: config_lib.ExperimentConfig,
+                      defaults: Dict[str, Any]) -> bool:
+    """Whether dotted setting `name` is absent from `previous` and `config` has its default."""
+    section, _, field = name.partition(".")
+    if not field or field in previous.get(section, {}):
+        return False
+    return getattr(getattr(config, section), field) == defaults[section][field]
 
 
 def write_json(path: str, value: Any) -> None:

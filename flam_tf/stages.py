@@ -7,7 +7,6 @@ any stage can be rerun alone with `--stages`, and a killed run resumes: finished
 and a training stage restarts from its last epoch backup (keras BackupAndRestore).
 """
 
-import json
 import os
 import time
 from typing import Callable, Dict, List, Optional
@@ -23,6 +22,7 @@ from flam_tf import vocabulary
 from flam_tf.data import manifest as manifest_lib
 from flam_tf.data import pipeline
 from flam_tf.data import synthetic
+from flam_tf.epoch_backup import EpochBackup, merged_history, resume_epoch, seed_everything
 from flam_tf.run_directory import RunDirectory, write_json
 
 # Manipulator variants. FLAM: the default manipulator (the config's settings). FLAM (paper): the
@@ -63,22 +63,30 @@ class Context:
             self._manifest = manifest_lib.read_manifest(self.run.manifest_path)
         return self._manifest
 
-    def callbacks(self, stage: str) -> List[keras.callbacks.Callback]:
-        """Epoch backups for resuming, TensorBoard summaries, and a NaN guard."""
+    def callbacks(self, name: str) -> List[keras.callbacks.Callback]:
+        """Epoch backups for resuming, TensorBoard summaries, and a NaN guard, for the model
+        `name` (a stage, or one of the models a stage trains)."""
         return [
-            keras.callbacks.BackupAndRestore(self.run.checkpoint_dir(stage)),
-            keras.callbacks.TensorBoard(self.run.log_dir(stage), write_graph=False),
+            EpochBackup(self.run.checkpoint_dir(name)),
+            keras.callbacks.TensorBoard(self.run.log_dir(name), write_graph=False),
             keras.callbacks.TerminateOnNaN(),
         ]
 
-    def save_history(self, stage: str, history: keras.callbacks.History) -> None:
-        path = self.run.path("logs", f"{stage}_history.json")
-        previous = {}
-        if os.path.exists(path):  # a resumed stage appends to the epochs it already logged
-            with open(path) as f:
-                previous = json.load(f)
-        merged = {k: previous.get(k, []) + [float(x) for x in v] for k, v in history.history.items()}
-        write_json(path, merged)
+    def resume_epoch(self, name: str) -> int:
+        """Epochs the model `name` already trained before an interruption (0: none)."""
+        return resume_epoch(self.run.checkpoint_dir(name))
+
+    def seed(self, name: str) -> int:
+        """Seeds the global random state for the stage or model `name` (see epoch_backup)."""
+        return seed_everything(self.config.runtime.seed, name)
+
+    def save_history(self, name: str, history: keras.callbacks.History,
+                     callbacks: List[keras.callbacks.Callback]) -> Dict[str, List[float]]:
+        """Writes the epoch metrics of the whole fit, epochs before an interruption included."""
+        backup = next((c for c in callbacks if isinstance(c, EpochBackup)), None)
+        merged = merged_history(backup, history)
+        write_json(self.run.path("logs", f"{name}_history.json"), merged)
+        return merged
 
 
 # ------------------------------------------------------------------------------------------------
@@ -95,6 +103,10 @@ def stage_data(ctx: Context) -> Dict[str, int]:
         m = synthetic.write_benchmark(ctx.run.path("data"), syn)
     else:
         m = _combine_real_sources(ctx)
+    # Every image exists, decodes and is within max_image_pixels, or the stage fails here (not
+    # marked done) with one line naming manifest.csv:line, rather than in a later stage.
+    manifest_lib.verify_images(m, max_image_pixels=c.max_image_pixels,
+                               path=ctx.run.manifest_path)
     counts = {s: int((m["split"] == s).sum()) for s in manifest_lib.SPLITS}
     logging.info("data: %d images %s", len(m), counts)
     return counts
@@ -126,6 +138,8 @@ def _combine_real_sources(ctx: Context) -> manifest_lib.Manifest:
             rows.append(row)
     if c.unlabelled_manifest:
         m = manifest_lib.read_manifest(c.unlabelled_manifest)
+        # Name the user's own file:line for a missing image (stage_data decodes them all later).
+        manifest_lib.verify_images(m, max_image_pixels=c.max_image_pixels, decode=False)
         for i, path in enumerate(m.absolute_paths()):
             rows.append({**{k: str(v[i]) for k, v in m.columns.items()}, "path": path,
                          "split": "unlabelled", "shape": "", "color": "", "pattern": ""})
@@ -144,7 +158,9 @@ def stage_extractor(ctx: Context) -> Dict[str, float]:
     train = ctx.manifest.split("extractor_train")
     ds, info = pipeline.pk_dataset(train, ctx.config.data.image_size, c.instances_per_batch,
                                    c.images_per_instance, c.num_ce_classes,
-                                   seed=ctx.config.runtime.seed)
+                                   seed=ctx.config.runtime.seed,
+                                   skip_batches=ctx.resume_epoch("extractor") * c.steps_per_epoch,
+                                   max_pixels=ctx.config.data.max_image_pixels)
     logging.info("extractor: %s", info)
     with ctx.strategy.scope():
         model = FeatureExtractor(backbone=c.backbone, pooling=c.pooling, feature_dim=c.feature_dim,
@@ -154,11 +170,12 @@ def stage_extractor(ctx: Context) -> Dict[str, float]:
         total = c.epochs * c.steps_per_epoch
         schedule = keras.optimizers.schedules.CosineDecay(c.learning_rate, total, alpha=0.05)
         model.compile(optimizer=keras.optimizers.Adam(schedule))
+    callbacks = ctx.callbacks("extractor")
     history = model.fit(ds, epochs=c.epochs, steps_per_epoch=c.steps_per_epoch,
-                        callbacks=ctx.callbacks("extractor"), verbose=2)
-    ctx.save_history("extractor", history)
+                        callbacks=callbacks, verbose=2)
+    metrics = ctx.save_history("extractor", history, callbacks)
     model.save(ctx.run.model_path("extractor"))
-    return {k: float(v[-1]) for k, v in history.history.items()} if history.history else {}
+    return {k: v[-1] for k, v in metrics.items() if v}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -169,7 +186,8 @@ def stage_features(ctx: Context) -> Dict[str, int]:
     extractor = keras.saving.load_model(ctx.run.model_path("extractor"))
     m = ctx.manifest
     features = []
-    ds = pipeline.image_dataset(m, ctx.config.data.image_size, batch_size=256)
+    ds = pipeline.image_dataset(m, ctx.config.data.image_size, batch_size=256,
+                                max_pixels=ctx.config.data.max_image_pixels)
     progress = keras.utils.Progbar(len(m), unit_name="image", interval=10.0)
     for images in ds:
         features.append(extractor(images, training=False).numpy())
@@ -204,11 +222,19 @@ def label_matrix(m: manifest_lib.Manifest) -> np.ndarray:
     return np.stack([m.labels(a) for a in vocabulary.ATTRIBUTE_TYPES], axis=1)
 
 
-def _feature_dataset(x, y, batch_size: int, seed: int):
-    """Shuffled batches of features (and labels, unless y is None), reshuffled every epoch."""
+def _feature_dataset(x, y, batch_size: int, seed: int, skip_epochs: int = 0):
+    """Endless shuffled batches of features (and labels, unless y is None), reshuffled every
+    epoch, without the first `skip_epochs` epochs (those a resumed fit already trained).
+
+    Returns:
+        (dataset, steps per epoch): pass both to `fit(..., steps_per_epoch=steps)`, so that
+        epoch e sees the e-th shuffle whether or not the fit was resumed.
+    """
+    steps = len(x) // batch_size
     ds = tf.data.Dataset.from_tensor_slices(x if y is None else (x, y))
-    return ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(
-        batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(
+        batch_size, drop_remainder=True).repeat()
+    return ds.skip(skip_epochs * steps).prefetch(tf.data.AUTOTUNE), steps
 
 
 # ------------------------------------------------------------------------------------------------
@@ -226,11 +252,14 @@ def stage_embedders(ctx: Context) -> Dict[str, float]:
         model = AttributeEmbedder(features.shape[1], embedding_dim=c.embedding_dim,
                                   hidden_units=c.hidden_units, margin=c.margin)
         model.compile(optimizer=keras.optimizers.Adam(c.learning_rate))
-    history = model.fit(_feature_dataset(x, y, min(c.batch_size, len(x)), ctx.config.runtime.seed),
-                        epochs=c.epochs, callbacks=ctx.callbacks("embedders"), verbose=2)
-    ctx.save_history("embedders", history)
+    ds, steps = _feature_dataset(x, y, min(c.batch_size, len(x)), ctx.config.runtime.seed,
+                                 skip_epochs=ctx.resume_epoch("embedders"))
+    callbacks = ctx.callbacks("embedders")
+    history = model.fit(ds, epochs=c.epochs, steps_per_epoch=steps, callbacks=callbacks,
+                        verbose=2)
+    metrics = ctx.save_history("embedders", history, callbacks)
     model.save(ctx.run.model_path("embedder"))
-    return {k: float(v[-1]) for k, v in history.history.items()}
+    return {k: v[-1] for k, v in metrics.items() if v}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -252,6 +281,7 @@ def stage_manipulator(ctx: Context) -> Dict[str, float]:
     for variant in variants:
         if os.path.exists(ctx.run.model_path(variant_model_name(variant))):
             continue  # a variant finished before an interruption
+        ctx.seed(variant_model_name(variant))  # whether or not earlier variants ran here
         results[variant] = _train_manipulator(ctx, variant)
     return results
 
@@ -301,13 +331,14 @@ def _train_manipulator(ctx: Context, variant: str) -> float:
     model.initialize_memory(x, labels)
     if model.retrieval_weight:
         model.set_retrieval_bank(x, labels)
-    history = model.fit(_feature_dataset(x, None, min(c.batch_size, len(x)),
-                                         ctx.config.runtime.seed),
-                        epochs=c.epochs if variant == FLAM else c.paper_epochs,
-                        callbacks=ctx.callbacks(name), verbose=2)
-    ctx.save_history(name, history)
+    ds, steps = _feature_dataset(x, None, min(c.batch_size, len(x)), ctx.config.runtime.seed,
+                                 skip_epochs=ctx.resume_epoch(name))
+    callbacks = ctx.callbacks(name)
+    history = model.fit(ds, epochs=c.epochs if variant == FLAM else c.paper_epochs,
+                        steps_per_epoch=steps, callbacks=callbacks, verbose=2)
+    metrics = ctx.save_history(name, history, callbacks)
     model.save(ctx.run.model_path(name))
-    return float(history.history["cycle_cosine"][-1]) if history.history else float("nan")
+    return float(metrics["cycle_cosine"][-1]) if metrics.get("cycle_cosine") else float("nan")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -344,19 +375,23 @@ def stage_baselines(ctx: Context) -> Dict[str, float]:
     for name, stem in FEATURE_BASELINES.items():
         if os.path.exists(ctx.run.model_path(stem)):
             continue
+        ctx.seed(stem)
         with ctx.strategy.scope():
             model = _baseline_head(name, features.shape[1], c)
             model.compile(optimizer=keras.optimizers.Adam(c.learning_rate))
-        history = model.fit(_feature_dataset(x, y, min(c.batch_size, len(x)),
-                                             ctx.config.runtime.seed),
-                            epochs=c.epochs, callbacks=ctx.callbacks(stem), verbose=2)
-        ctx.save_history(stem, history)
+        ds, steps = _feature_dataset(x, y, min(c.batch_size, len(x)), ctx.config.runtime.seed,
+                                     skip_epochs=ctx.resume_epoch(stem))
+        callbacks = ctx.callbacks(stem)
+        history = model.fit(ds, epochs=c.epochs, steps_per_epoch=steps, callbacks=callbacks,
+                            verbose=2)
+        metrics = ctx.save_history(stem, history, callbacks)
         model.fit_prototypes(x, y)
         model.save(ctx.run.model_path(stem))
-        out[name] = float(history.history["loss"][-1])
+        out[name] = metrics["loss"][-1] if metrics.get("loss") else float("nan")
     if c.pixel_epochs > 0:
         for name, stem in PIXEL_BASELINES.items():
             if not os.path.exists(pixel_baseline_features_path(ctx, stem)):
+                ctx.seed(stem)
                 out[name] = _train_pixel_baseline(ctx, name, stem)
     return out
 
@@ -369,8 +404,10 @@ def _train_pixel_baseline(ctx: Context, name: str, stem: str) -> float:
     train = m.select(m["split"] == "attribute_train")
     labels = label_matrix(train)
     size = ctx.config.data.image_size
-    ds = pipeline.labelled_dataset(train, labels, size, c.pixel_batch_size,
-                                   seed=ctx.config.runtime.seed)
+    ds = pipeline.labelled_dataset(
+        train, labels, size, c.pixel_batch_size, seed=ctx.config.runtime.seed,
+        skip_batches=ctx.resume_epoch(stem) * c.pixel_steps_per_epoch,
+        max_pixels=ctx.config.data.max_image_pixels)
     with ctx.strategy.scope():
         model = PixelConcat(_baseline_head(name, e.feature_dim, c), backbone=e.backbone,
                             pooling=e.pooling, feature_dim=e.feature_dim, image_size=size,
@@ -378,20 +415,22 @@ def _train_pixel_baseline(ctx: Context, name: str, stem: str) -> float:
         total = c.pixel_epochs * c.pixel_steps_per_epoch
         model.compile(optimizer=keras.optimizers.Adam(
             keras.optimizers.schedules.CosineDecay(e.learning_rate, total, alpha=0.05)))
+    callbacks = ctx.callbacks(stem)
     history = model.fit(ds, epochs=c.pixel_epochs, steps_per_epoch=c.pixel_steps_per_epoch,
-                        callbacks=ctx.callbacks(stem), verbose=2)
-    ctx.save_history(stem, history)
+                        callbacks=callbacks, verbose=2)
+    metrics = ctx.save_history(stem, history, callbacks)
     # Encoder features of the images the evaluation needs (zeros elsewhere), then prototypes.
     needed = np.isin(m["split"], ("attribute_train", "fam_eval", "fir_eval"))
     encoded = np.zeros((len(m), e.feature_dim), np.float32)
     rows = np.nonzero(needed)[0]
     parts = [model.encode(images).numpy()
-             for images in pipeline.image_dataset(m.select(needed), size, batch_size=256)]
+             for images in pipeline.image_dataset(m.select(needed), size, batch_size=256,
+                                                  max_pixels=ctx.config.data.max_image_pixels)]
     encoded[rows] = np.concatenate(parts)
     model.head.fit_prototypes(encoded[m["split"] == "attribute_train"], labels)
     model.save(ctx.run.model_path(stem))
     _save_npz(pixel_baseline_features_path(ctx, stem), feature=encoded)
-    return float(history.history["loss"][-1])
+    return metrics["loss"][-1] if metrics.get("loss") else float("nan")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -425,12 +464,33 @@ STAGE_FUNCTIONS: Dict[str, Callable[[Context], Dict]] = {
 assert tuple(STAGE_FUNCTIONS) == config_lib.STAGES
 
 
+# What each stage reads from earlier ones (the rest follows transitively).
+REQUIRES = {"data": (), "extractor": ("data",), "features": ("extractor",),
+            "embedders": ("features",), "manipulator": ("embedders",), "baselines": ("features",),
+            "evaluate": ("manipulator", "baselines"), "export": ("manipulator",)}
+assert tuple(REQUIRES) == config_lib.STAGES
+
+
+def check_requirements(ctx: Context, stages) -> None:
+    """Raises ValueError, before any work, if a stage needs one that has neither finished in the
+    run directory nor been asked for."""
+    for stage in stages:
+        for needed in REQUIRES[stage]:
+            if needed not in stages and not ctx.run.is_done(needed):
+                raise ValueError(f"stage {stage} needs the {needed} stage, which has not finished "
+                                 f"in {ctx.run.root}; add it to --stages")
+
+
 def run_stages(ctx: Context, stages=config_lib.STAGES, force: bool = False) -> Dict[str, float]:
     """Runs `stages` in pipeline order, skipping finished ones unless `force`.
 
     Returns:
         {stage: seconds} of every finished stage of the run directory.
+
+    Raises:
+        ValueError: a stage needs another that has not run (see REQUIRES).
     """
+    check_requirements(ctx, stages)
     for stage in config_lib.STAGES:
         if stage not in stages:
             continue
@@ -440,6 +500,7 @@ def run_stages(ctx: Context, stages=config_lib.STAGES, force: bool = False) -> D
             continue
         print(f"== {stage}", flush=True)
         start = time.time()
+        ctx.seed(stage)
         info = STAGE_FUNCTIONS[stage](ctx) or {}
         seconds = time.time() - start
         ctx.run.mark_done(stage, seconds, info=info)

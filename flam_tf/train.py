@@ -9,15 +9,22 @@
 flag `--<section>_<field>` (listed by --helpfull). Stages: data, extractor, features, embedders,
 manipulator, baselines, evaluate, export. A rerun skips finished stages; a killed run resumes from
 its last epoch backup.
+
+Errors: a bad flag, setting or run directory, a damaged manifest, image or config.json ends the run
+with ONE line on stderr, `flam_tf.train: error: <what is wrong>`, and exit code 2 (--verbose adds
+the traceback). Anything else is a bug: its traceback, then `flam_tf.train: internal error: ...`,
+exit code 1.
 """
 
 import os
+import re
 import sys
 import time
+import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 from flam_tf import config as config_lib  # noqa: E402
 
@@ -32,6 +39,8 @@ flags.DEFINE_string("strategy", None, "tf.distribute strategy: default | mirrore
 flags.DEFINE_integer("seed", None, "Random seed (overrides runtime_seed).")
 flags.DEFINE_bool("ablations", None, "Also train and report the Table 3 ablations "
                   "(overrides evaluation_ablations).")
+flags.DEFINE_bool("verbose", False, "On an error, print its traceback as well as the one-line "
+                  "message.")
 
 _FLAG_TYPES = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
                str: flags.DEFINE_string}
@@ -63,12 +72,38 @@ def resolve_config(flag_values=FLAGS) -> config_lib.ExperimentConfig:
     return config
 
 
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with its C++ start-up lines hidden ("All log messages before
+    absl::InitializeLog()", "oneDNN custom operations are on", "failed call to cuInit"): they
+    ignore TF_CPP_MIN_LOG_LEVEL and would precede every later message. If the import fails, the
+    hidden lines are printed with the error."""
+    if "tensorflow" in sys.modules:
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as hidden:
+        os.dup2(hidden.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            hidden.seek(0)
+            sys.stderr.write(hidden.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def run(config: config_lib.ExperimentConfig, run_dir: str, stages=config_lib.STAGES,
         force: bool = False) -> dict:
-    """Runs the pipeline (importable: tests and notebooks call this)."""
-    import keras
+    """Runs the pipeline (importable: tests and notebooks call this).
 
-    from flam_tf import distribute, stages as stages_lib
+    The stages, the run directory and the config are checked (and config.json written) before
+    TensorFlow is imported, so these errors come quickly and without TensorFlow's start-up lines.
+    """
     from flam_tf.run_directory import RunDirectory
 
     unknown = [s for s in stages if s not in config_lib.STAGES]
@@ -76,6 +111,12 @@ def run(config: config_lib.ExperimentConfig, run_dir: str, stages=config_lib.STA
         raise ValueError(f"Unknown stages {unknown}; expected a subset of {list(config_lib.STAGES)}")
     run_directory = RunDirectory(run_dir)
     run_directory.check_or_write_config(config)
+
+    import_tensorflow_quietly()
+    import keras
+
+    from flam_tf import distribute, stages as stages_lib
+
     keras.utils.set_random_seed(config.runtime.seed)
     strategy = distribute.get_strategy(config.runtime.strategy)
     print(f"flam_tf: preset={config.preset} run_dir={run_directory.root} "
@@ -115,24 +156,69 @@ def print_summary(run_dir: str) -> None:
     print("=" * 72)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+MAX_MESSAGE_CHARS = 600  # an error line longer than this is cut in the middle
+
+
+def one_line(error: BaseException) -> str:
+    """The message of `error` on one line: whitespace runs collapsed, TensorFlow's op prefix
+    dropped, a long message cut in the middle (its start and end name the problem)."""
+    message = getattr(error, "message", None)  # tf.errors.OpError: without the op's traceback
+    message = str(message if isinstance(message, str) else error)
+    message = re.sub(r"\{\{function_node [^}]*\}\}", "", message)
+    message = " ".join(message.split()) or type(error).__name__
+    if len(message) > MAX_MESSAGE_CHARS:
+        half = MAX_MESSAGE_CHARS // 2 - 3
+        message = f"{message[:half]} ... {message[-half:]}"
+    return message
+
+
+def expected_errors() -> tuple:
+    """The exception classes that mean bad input (flags, files, data), not a bug."""
+    errors = (ValueError, OSError)  # json.JSONDecodeError and ManifestError are ValueErrors
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:  # data decoding, missing or unreadable files, out of memory
+        errors += (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
+                   tf.errors.DataLossError, tf.errors.PermissionDeniedError,
+                   tf.errors.ResourceExhaustedError)
+    return errors
+
+
+def report_error(error: BaseException, verbose: bool = False) -> int:
+    """Prints `error` for the command line; returns the exit code (2: bad input, 1: a bug)."""
+    if isinstance(error, expected_errors()):
+        if verbose:
+            traceback.print_exception(error)
+        print(f"flam_tf.train: error: {one_line(error)}", file=sys.stderr, flush=True)
+        return 2
+    traceback.print_exception(error)
+    print(f"flam_tf.train: internal error: {type(error).__name__}: {one_line(error)}",
+          file=sys.stderr, flush=True)
+    return 1
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with a bad flag reported as one line (exit 2), not the usage text."""
     try:
-        config = resolve_config()
-    except ValueError as e:
-        raise app.UsageError(str(e))
-    run_dir = FLAGS.run_dir or os.path.join("runs", config.preset)
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"flam_tf.train: error: {one_line(e)} (--helpfull lists the flags)",
+              file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def main(argv):
     start = time.time()
     try:
+        if len(argv) > 1:
+            raise ValueError(f"unexpected arguments {argv[1:]}; settings are --flags")
+        config = resolve_config()
+        run_dir = FLAGS.run_dir or os.path.join("runs", config.preset)
         run(config, run_dir, FLAGS.stages, FLAGS.force)
-    except (ValueError, FileNotFoundError) as e:
-        logging.error("%s", e)
-        print(f"flam_tf.train: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print_summary(run_dir)
+        print_summary(run_dir)
+    except Exception as e:  # noqa: BLE001 (every error ends as one line; bugs keep a traceback)
+        sys.exit(report_error(e, FLAGS.verbose))
     print(f"flam_tf.train: finished in {time.time() - start:.0f} s")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

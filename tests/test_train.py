@@ -2,10 +2,9 @@
 
 import json
 import os
-import signal
+import re
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -189,42 +188,200 @@ def test_other_settings_in_the_same_run_dir_are_refused(smoke_run):
     assert "extractor.epochs: 2 -> 7" in result.stderr
 
 
-def test_unknown_stage_and_preset_are_usage_errors(tmp_path):
-    for flag in ("--stages=data,bogus", "--preset=huge"):
-        result = subprocess.run([sys.executable, "-m", "flam_tf.train", flag,
-                                 f"--run_dir={tmp_path}"], cwd=REPO, capture_output=True,
-                                text=True, timeout=300)
-        assert result.returncode != 0
-        assert ("bogus" in result.stderr) or ("huge" in result.stderr)
+# ------------------------------------------------------------------------------------------------
+# errors: one line on stderr, exit code 2
+
+# TensorFlow's C++ start-up lines ("WARNING: All log messages before absl::InitializeLog() ...",
+# "I0000 ... port.cc] oneDNN ...") ignore TF_CPP_MIN_LOG_LEVEL, and absl's own log lines share their
+# format; errors found before TensorFlow is imported (flags, config, run directory) have none.
+_LOG_LINE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl)")
 
 
-def test_killed_run_resumes_from_its_last_epoch(tmp_path):
-    """Really interrupts a run mid-extractor (SIGKILL), then reruns the same command."""
-    run_dir = str(tmp_path / "run")
-    cmd = [sys.executable, "-m", "flam_tf.train", "--preset=smoke", f"--run_dir={run_dir}",
-           "--stages=data,extractor", "--extractor_epochs=6"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    backup = os.path.join(run_dir, "checkpoints", "extractor")
-    deadline = time.time() + 240
-    # Wait for the second epoch's backup, then kill without warning.
-    while time.time() < deadline:
-        history = os.path.join(backup, "training_metadata.json")
-        if os.path.exists(history):
-            with open(history) as f:
-                if json.load(f).get("epoch", -1) >= 1:
-                    break
-        time.sleep(0.2)
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-    else:
-        pytest.fail("no epoch backup appeared")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    with open(os.path.join(run_dir, "stages.json")) as f:
-        assert list(json.load(f)) == ["data"]  # the extractor never finished
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "== data: finished earlier, skipped" in result.stdout
-    out = result.stdout + result.stderr
-    assert "Epoch 1/6" not in out and "Epoch 6/6" in out  # resumed, not restarted
-    assert os.path.exists(os.path.join(run_dir, "models", "extractor.keras"))
+def _train(*flags, timeout=120):
+    return subprocess.run([sys.executable, "-m", "flam_tf.train", *flags], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+def _one_error_line(result, allow_log_lines=False):
+    """Asserts exit code 2 and exactly one non-empty stderr line; returns that line."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    if allow_log_lines:
+        lines = [line for line in lines if not _LOG_LINE.match(line)]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("flam_tf.train: error: "), lines[0]
+    return lines[0]
+
+
+def _not_writable_dir(tmp_path):
+    """A directory this user cannot write (root may write any mode-0555 directory; not /sys)."""
+    if os.geteuid() == 0:
+        return "/sys/flam_tf_run_dir"
+    path = tmp_path / "read_only"
+    path.mkdir()
+    path.chmod(0o555)
+    return str(path / "run")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("unknown_preset", r"Unknown preset. Received: preset='huge'"),
+    ("unknown_stage", r"Unknown stages \['bogus'\]"),
+    ("run_dir_is_a_file", r"--run_dir .*afile is a file"),
+    ("run_dir_inside_a_file", r"--run_dir .*afile/run is inside a file"),
+    ("run_dir_not_writable", r"--run_dir .* is not writable"),
+    ("negative_epochs", r"extractor.epochs must be >= 1. Received: -1"),
+    ("bad_flag_value", r"flag --extractor_epochs=many: invalid literal"),
+    ("unknown_flag", r"Unknown command line flag 'bogus'"),
+    ("extra_argument", r"unexpected arguments \['extra'\]"),
+    ("damaged_config_json", r"config.json is damaged"),
+    ("earlier_stage_missing", r"stage features needs the extractor stage, which has not finished"),
+])
+def test_errors_are_one_line_with_exit_code_2(tmp_path, case, message):
+    run_dir = tmp_path / "run"
+    (tmp_path / "afile").write_text("")
+    flags = {
+        "unknown_preset": ["--preset=huge"],
+        "unknown_stage": ["--stages=data,bogus"],
+        "run_dir_is_a_file": [f"--run_dir={tmp_path / 'afile'}"],
+        "run_dir_inside_a_file": [f"--run_dir={tmp_path / 'afile' / 'run'}"],
+        "run_dir_not_writable": [f"--run_dir={_not_writable_dir(tmp_path)}"],
+        "negative_epochs": ["--extractor_epochs=-1"],
+        "bad_flag_value": ["--extractor_epochs=many"],
+        "unknown_flag": ["--bogus=1"],
+        "extra_argument": ["extra"],
+        "damaged_config_json": [],
+        "earlier_stage_missing": ["--stages=features"],
+    }[case]
+    if case == "damaged_config_json":
+        run_dir.mkdir()
+        (run_dir / "config.json").write_text('{"preset": "smoke", ')
+    result = _train("--preset=smoke", f"--run_dir={run_dir}", "--stages=data", *flags)
+    line = _one_error_line(result)
+    assert re.search(message, line), line
+    assert "usage" not in result.stdout.lower() + result.stderr.lower()  # no usage dump
+    if case == "negative_epochs":  # nothing written: the run directory is not locked to -1
+        assert not (run_dir / "config.json").exists()
+
+
+def test_verbose_adds_the_traceback(tmp_path):
+    result = _train("--preset=smoke", f"--run_dir={tmp_path}", "--extractor_epochs=-1",
+                    "--verbose")
+    assert result.returncode == 2
+    assert "Traceback (most recent call last)" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "flam_tf.train: error: extractor.epochs must be >= 1. Received: -1")
+
+
+def test_error_messages_are_collapsed_to_one_line():
+    from flam_tf import train
+
+    assert train.one_line(ValueError("a\n  b\tc\n")) == "a b c"
+    long = train.one_line(ValueError("start " + "x" * 5000 + " end"))
+    assert len(long) <= train.MAX_MESSAGE_CHARS and long.startswith("start")
+    assert long.endswith(" end") and " ... " in long
+    assert train.report_error(OSError(13, "Permission denied", "/x")) == 2
+    assert train.report_error(KeyError("a bug")) == 1  # traceback and "internal error", exit 1
+
+
+def _tiny_real_sources(root):
+    """A 4-image DeepFashion In-shop tree and a 6-image DARN tree (the readers' layouts)."""
+    from PIL import Image
+
+    def jpeg(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.new("RGB", (8, 8), (200, 30, 30)).save(path, "JPEG")
+
+    entries = []
+    for i, status in enumerate(("train", "train", "query", "gallery")):
+        entries.append(f"img/id_{i // 2}/{i}.jpg id_{i // 2} {status}")
+        jpeg(os.path.join(root, "inshop", entries[-1].split()[0]))
+    with open(os.path.join(root, "inshop", "list_eval_partition.txt"), "w") as f:
+        f.write("\n".join([str(len(entries)), "image_name item_id evaluation_status", *entries]))
+    os.makedirs(os.path.join(root, "darn"))
+    with open(os.path.join(root, "darn", "label_train.txt"), "w") as labels, \
+            open(os.path.join(root, "darn", "filename_train.txt"), "w") as names:
+        for i in range(6):
+            labels.write(f"{i:03d} clothes_category sweater clothes_color black "
+                         f"clothes_pattern flower\n")
+            names.write(f"{i:03d} images/{i:03d}.jpg\n")
+            jpeg(os.path.join(root, "darn", "images", f"{i:03d}.jpg"))
+    jpeg(os.path.join(root, "extra", "a.jpg"))
+    return ["--preset=smoke", "--stages=data", "--data_fam_eval_size=2",
+            "--data_extractor_source=deepfashion_inshop",
+            f"--data_extractor_data_dir={os.path.join(root, 'inshop')}",
+            "--data_attribute_source=darn",
+            f"--data_attribute_data_dir={os.path.join(root, 'darn')}"]
+
+
+def test_missing_image_fails_the_data_stage_with_file_and_line(tmp_path):
+    """The cheapest real path to a manifest row without its image: data_unlabelled_manifest
+    (read only with real sources; the readers themselves skip and count missing images)."""
+    flags = _tiny_real_sources(str(tmp_path))
+    unlabelled = tmp_path / "unlabelled.csv"
+    unlabelled.write_text("path,instance_id,domain,split,shape,color,pattern\n"
+                          "extra/a.jpg,u1,street,unlabelled,,,\n"
+                          "extra/missing.jpg,u2,street,unlabelled,,,\n")
+    run_dir = tmp_path / "run"
+    for _ in range(2):  # the rerun fails at the data stage the same way (it was not marked done)
+        result = _train(*flags, f"--run_dir={run_dir}", f"--data_unlabelled_manifest={unlabelled}")
+        line = _one_error_line(result, allow_log_lines=True)
+        assert line == (f"flam_tf.train: error: 1 of 2 images cannot be used: {unlabelled}:3: "
+                        f"extra/missing.jpg: file not found")
+        assert not (run_dir / "stages.json").exists() or "data" not in json.loads(
+            (run_dir / "stages.json").read_text())
+    (tmp_path / "extra" / "missing.jpg").write_bytes(b"not a JPEG")  # exists, does not decode
+    result = _train(*flags, f"--run_dir={run_dir}", f"--data_unlabelled_manifest={unlabelled}")
+    line = _one_error_line(result, allow_log_lines=True)
+    assert re.search(r"1 of 12 images cannot be used: .*data/manifest.csv:\d+: "
+                     r".*extra/missing.jpg: not a decodable image", line), line
+    os.remove(tmp_path / "extra" / "missing.jpg")
+    (tmp_path / "extra" / "a.jpg").rename(tmp_path / "extra" / "missing.jpg")
+    with open(unlabelled, "w", encoding="utf-8-sig", newline="") as f:  # BOM and CRLF
+        f.write("path,instance_id,domain,split,shape,color,pattern\r\n"
+                "extra/missing.jpg,u2,street,unlabelled,,,\r\n")
+    result = _train(*flags, f"--run_dir={run_dir}", f"--data_unlabelled_manifest={unlabelled}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "data" in json.loads((run_dir / "stages.json").read_text())
+
+
+def test_manifest_with_a_bom_and_crlf_reads_the_same_rows(tmp_path):
+    from flam_tf.data import manifest as manifest_lib
+
+    text = ("path,instance_id,domain,split,shape,color,pattern,role\n"
+            "a.png,i1,shop,fir_eval,dress,red,solid,inshop_query\n"
+            "b.png,i2,street,unlabelled,,,,\n")
+    plain, bom = tmp_path / "plain.csv", tmp_path / "bom.csv"
+    plain.write_text(text, encoding="utf-8")
+    with open(bom, "w", encoding="utf-8-sig", newline="") as f:
+        f.write(text.replace("\n", "\r\n"))
+    a, b = manifest_lib.read_manifest(str(plain)), manifest_lib.read_manifest(str(bom))
+    assert list(a.columns) == list(b.columns)
+    for name in a.columns:
+        assert a[name].tolist() == b[name].tolist(), name
+
+
+def test_verify_images_names_file_line_and_count(tmp_path):
+    from PIL import Image
+
+    from flam_tf.data import manifest as manifest_lib
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    Image.new("RGB", (40, 30)).save(tmp_path / "big.jpg")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG but not really")
+    rows = ["ok.png", "missing.png", "bad.png", "big.jpg", "ok.png", "gone.png"]
+    path = tmp_path / "manifest.csv"
+    path.write_text("path,instance_id,domain,split,shape,color,pattern\n" + "".join(
+        f"{r},i{i},shop,unlabelled,,,\n" for i, r in enumerate(rows)))
+    m = manifest_lib.read_manifest(str(path))
+    manifest_lib.verify_images(m.select(np.array([0, 3, 4])))  # the good rows pass
+    with pytest.raises(ValueError) as e:
+        manifest_lib.verify_images(m, max_image_pixels=1000)
+    message = str(e.value)
+    assert message.startswith(f"4 of 6 images cannot be used: {path}:3: missing.png: file not "
+                              f"found; {path}:4: bad.png: not a decodable image")
+    assert f"{path}:5: big.jpg: 40x30 pixels, more than max_image_pixels=1000" in message
+    assert message.endswith("(and 1 more)") and "\n" not in message
+    with pytest.raises(ValueError, match=r"^2 of 6 .*:3: missing.png.*:7: gone.png"):
+        manifest_lib.verify_images(m, decode=False)
+    assert manifest_lib.image_size((tmp_path / "big.jpg").read_bytes()) == (30, 40)

@@ -17,20 +17,172 @@ import tensorflow as tf
 from flam_tf.data import manifest as manifest_lib
 
 
-def decode_image(contents: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Decodes JPEG/PNG bytes to float32 [S, S, 3] in [0, 255] (bilinear resize)."""
-    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+# Largest image decoded, in pixels (height x width), read from the image header BEFORE decoding:
+# a 47 KB PNG can declare 20,000 x 20,000 pixels (1.2 GB of RGB once decoded). Training configs
+# set it as `data.max_image_pixels`; exports as `build_extractor_archive(max_image_pixels=...)`.
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+_HEADER_BYTES = 32
+_GIF_STEPS = 16  # GIF blocks / data sub-blocks walked per tf.while_loop iteration
+
+
+def _header_uint(head: tf.Tensor, start: int, size: int, little_endian: bool) -> tf.Tensor:
+    """Unsigned integer of bytes head[start:start + size] (uint8 [_HEADER_BYTES]) as int64."""
+    digits = tf.cast(head[start:start + size], tf.int64)
+    weights = [256 ** i for i in range(size)]
+    if not little_endian:
+        weights = weights[::-1]
+    return tf.reduce_sum(digits * tf.constant(weights, tf.int64))
+
+
+def _gif_canvas(contents: tf.Tensor) -> tf.Tensor:
+    """GIF [canvas height, canvas width, total pixels of all frames], int64, by walking its blocks.
+
+    TF's GIF decoder (giflib's DGifSlurp) decodes the raster of EVERY frame, and its output canvas
+    is the largest frame width x the largest frame height, whatever the logical screen says
+    (checked with TF 2.21: a GIF whose logical screen is 10 x 10 and whose frame is 100 x 80
+    decodes to 80 x 100). So the walk reads every image descriptor (never the pixel data): one
+    step per block or (up to 255-byte) data sub-block, about 0.2 s of CPU per MB of GIF on this
+    project's machines (several times the decoding itself; the request byte cap bounds it). A
+    truncated or malformed stream ends the walk; the decoder then reports it.
+    """
+    data = tf.io.decode_raw(contents, tf.uint8)
+    n = tf.size(data, out_type=tf.int64)
+
+    def byte(i):
+        return tf.cast(tf.gather(data, tf.minimum(tf.cast(i, tf.int64), n - 1)), tf.int64)
+
+    def le16(i):
+        return byte(i) + 256 * byte(i + 1)
+
+    packed = byte(10)
+    start = 13 + tf.where(packed >= 128, 3 * tf.bitwise.left_shift(
+        tf.constant(2, tf.int64), packed % 8), 0)
+    zero = tf.constant(0, tf.int64)
+
+    # State: position, in data sub-blocks?, max frame height, max frame width, total pixels, done.
+    # Both cases are computed and selected with tf.where (cheaper per step than a tf.cond), and
+    # each loop iteration takes _GIF_STEPS steps (the loop's own overhead dominates a step).
+    def body(*state):
+        for _ in range(_GIF_STEPS):
+            state = step(*state)
+        return state
+
+    def step(pos, in_blocks, max_h, max_w, total, done):
+        if_done = (pos, in_blocks, max_h, max_w, total, done)
+        b = byte(pos)
+        # In data sub-blocks: a size byte, then that many bytes; size 0 ends the block.
+        sub_pos, sub_more = tf.where(b == 0, pos + 1, pos + 1 + b), b != 0
+        # At a block start: 0x2C image descriptor, 0x21 extension, anything else (0x3B) ends.
+        is_image, is_extension = tf.equal(b, 0x2C), tf.equal(b, 0x21)
+        width, height, flags = le16(pos + 5), le16(pos + 7), byte(pos + 9)
+        local_table = tf.where(flags >= 128, 3 * tf.bitwise.left_shift(
+            tf.constant(2, tf.int64), flags % 8), 0)
+        image = is_image & ~in_blocks
+        pos = tf.where(in_blocks, sub_pos,
+                       tf.where(is_image, pos + 11 + local_table, pos + 2))
+        ended = ~in_blocks & ~(is_image | is_extension)
+        in_blocks = tf.where(in_blocks, sub_more, is_image | is_extension)
+        new = (pos, in_blocks, tf.where(image, tf.maximum(max_h, height), max_h),
+               tf.where(image, tf.maximum(max_w, width), max_w),
+               tf.where(image, total + width * height, total), ended | (pos >= n))
+        return tuple(tf.where(done, old, value) for old, value in zip(if_done, new))
+
+    _, _, max_h, max_w, total, _ = tf.while_loop(
+        lambda pos, in_blocks, max_h, max_w, total, done: ~done, body,
+        (start, tf.constant(False), zero, zero, zero, start >= n))
+    screen_w, screen_h = le16(tf.constant(6, tf.int64)), le16(tf.constant(8, tf.int64))
+    return tf.stack([tf.maximum(max_h, screen_h), tf.maximum(max_w, screen_w),
+                     tf.maximum(total, screen_w * screen_h)])
+
+
+def _image_extent(contents: tf.Tensor) -> tf.Tensor:
+    """[height, width, pixels decoded] (int64) of encoded image bytes, from their headers.
+
+    pixels = height * width, except for a GIF: the pixels of all its frames (at least the canvas).
+    Unknown formats give [0, 0, 0] (the decoder then fails with "Unknown image file format").
+    """
+    contents = tf.convert_to_tensor(contents, tf.string)
+    head = tf.strings.substr(contents, 0, _HEADER_BYTES)
+    head = tf.strings.substr(tf.strings.join([head, b"\0" * _HEADER_BYTES]), 0, _HEADER_BYTES)
+    head = tf.io.decode_raw(head, tf.uint8)  # [_HEADER_BYTES], zero-padded
+    magic = tf.strings.substr(contents, 0, 4)
+
+    def sized(height, width):
+        return tf.stack([height, width, height * width])
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(contents), tf.int64)
+        return sized(shape[0], shape[1])
+
+    def png():  # IHDR: width, height big-endian uint32 at bytes 16..24
+        return sized(_header_uint(head, 20, 4, False), _header_uint(head, 16, 4, False))
+
+    def bmp():  # BITMAPINFOHEADER: width, height little-endian int32 at 18..26 (< 0: top-down)
+        def signed(start):
+            value = _header_uint(head, start, 4, True)
+            return tf.abs(tf.where(value >= 2 ** 31, value - 2 ** 32, value))
+        return sized(signed(22), signed(18))
+
+    def unknown():
+        return tf.zeros([3], tf.int64)
+
+    is_jpeg = tf.equal(tf.strings.substr(contents, 0, 3), b"\xff\xd8\xff")
+    is_png = tf.equal(magic, b"\x89PNG")
+    is_gif = tf.equal(tf.strings.substr(contents, 0, 3), b"GIF")
+    is_bmp = tf.equal(tf.strings.substr(contents, 0, 2), b"BM")
+    branch = tf.where(is_jpeg, 0, tf.where(is_png, 1, tf.where(is_gif, 2, tf.where(is_bmp, 3, 4))))
+    return tf.switch_case(branch, [jpeg, png, lambda: _gif_canvas(contents), bmp, unknown])
+
+
+def image_size_from_header(contents: tf.Tensor) -> tf.Tensor:
+    """(height, width) an image decodes to, read from its header without decoding: int64 [2].
+
+    Pure TF ops (works in tf.function, tf.map_fn and tf.data). JPEG: `tf.image.extract_jpeg_shape`;
+    PNG: IHDR width/height (big-endian, bytes 16..24); BMP: width/height (little-endian int32,
+    bytes 18..26, a negative height meaning top-down); GIF: the canvas TF's decoder outputs, i.e.
+    the largest of the logical screen (little-endian uint16, bytes 6..10) and every frame's image
+    descriptor. Unknown formats give (0, 0).
+    """
+    return _image_extent(contents)[:2]
+
+
+def decode_image(contents: tf.Tensor, image_size: int,
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> tf.Tensor:
+    """Decodes JPEG/PNG/GIF/BMP bytes to float32 [S, S, 3] in [0, 255] (bilinear resize).
+
+    Images of more than `max_pixels` pixels (height x width, read from the header BEFORE
+    decoding, so a decompression bomb costs no memory) fail with InvalidArgumentError:
+    "Image of W x H pixels exceeds the limit of N pixels (max_image_pixels)". A GIF is bounded
+    as TF decodes it: its canvas (largest frame width x largest frame height) AND the pixels of
+    all its frames together (TF decodes every frame, then keeps the first) must fit the limit;
+    the data of a frame is never read by the check. Unknown formats fail with TF's "Unknown image
+    file format" (InvalidArgumentError), as before.
+    """
+    extent = _image_extent(contents)  # int64: PNG sizes reach 2**32 - 1 each
+    height, width, decoded = extent[0], extent[1], extent[2]
+    # height and width are bounded first, so height * width cannot overflow when it matters.
+    fits = ((height <= max_pixels) & (width <= max_pixels) & (height * width <= max_pixels)
+            & (decoded <= max_pixels))
+    size = tf.strings.as_string(extent)
+    frames = tf.where(decoded > height * width,
+                      tf.strings.join([" (", size[2], " in all GIF frames)"]), "")
+    within = tf.debugging.Assert(fits, [tf.strings.join([
+        "Image of ", size[1], " x ", size[0], " pixels", frames, " exceeds the limit of ",
+        str(int(max_pixels)), " pixels (max_image_pixels)"])])
+    with tf.control_dependencies([within]):
+        image = tf.io.decode_image(contents, channels=3, expand_animations=False)
     image = tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size))
     image.set_shape((image_size, image_size, 3))
     return image
 
 
-def image_dataset(manifest: manifest_lib.Manifest, image_size: int,
-                  batch_size: int = 256) -> tf.data.Dataset:
+def image_dataset(manifest: manifest_lib.Manifest, image_size: int, batch_size: int = 256,
+                  max_pixels: int = MAX_IMAGE_PIXELS) -> tf.data.Dataset:
     """Batches of images of every manifest row, in manifest order: float32 [B, S, S, 3]."""
     paths = manifest.absolute_paths()
     ds = tf.data.Dataset.from_tensor_slices(paths)
-    ds = ds.map(lambda p: decode_image(tf.io.read_file(p), image_size),
+    ds = ds.map(lambda p: decode_image(tf.io.read_file(p), image_size, max_pixels),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
@@ -68,11 +220,14 @@ def augment(image: tf.Tensor, seed: tf.Tensor, image_size: int) -> tf.Tensor:
 
 def pk_dataset(manifest: manifest_lib.Manifest, image_size: int, instances_per_batch: int,
                images_per_instance: int, num_ce_classes: int, seed: int = 0,
-               training: bool = True) -> Tuple[tf.data.Dataset, Dict[str, int]]:
+               training: bool = True, skip_batches: int = 0,
+               max_pixels: int = MAX_IMAGE_PIXELS) -> Tuple[tf.data.Dataset, Dict[str, int]]:
     """Endless PK batches for the extractor's train_step.
 
     Each batch holds P distinct instances (drawn without replacement within an epoch over
     instances) and K images of each (drawn with replacement when an instance has fewer than K).
+    `skip_batches` starts the stream that many batches in, without reading their images: a
+    resumed fit continues the stream an uninterrupted one would have seen.
 
     Returns:
         (dataset of (images float32 [P*K, S, S, 3], {"instance": int32 [P*K], "ce_class": int32
@@ -107,7 +262,7 @@ def pk_dataset(manifest: manifest_lib.Manifest, image_size: int, instances_per_b
             (rows, tf.fill((k,), inst), element_index * k + tf.range(k, dtype=tf.int64)))
 
     def load(row, inst, element):
-        image = decode_image(tf.io.read_file(tf.gather(paths, row)), image_size)
+        image = decode_image(tf.io.read_file(tf.gather(paths, row)), image_size, max_pixels)
         if training:
             image = augment(image, tf.stack([tf.cast(seed + 1, tf.int32),
                                              tf.cast(element, tf.int32)]), image_size)
@@ -115,7 +270,7 @@ def pk_dataset(manifest: manifest_lib.Manifest, image_size: int, instances_per_b
 
     ds = tf.data.Dataset.range(num_instances).shuffle(num_instances, seed=seed,
                                                       reshuffle_each_iteration=True).repeat()
-    ds = ds.enumerate().flat_map(pick)
+    ds = ds.enumerate().skip(skip_batches * instances_per_batch).flat_map(pick)
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(instances_per_batch * k, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     info = {"num_instances": num_instances, "num_images": len(manifest),
@@ -124,7 +279,8 @@ def pk_dataset(manifest: manifest_lib.Manifest, image_size: int, instances_per_b
 
 
 def labelled_dataset(manifest: manifest_lib.Manifest, labels: np.ndarray, image_size: int,
-                     batch_size: int, seed: int = 0) -> tf.data.Dataset:
+                     batch_size: int, seed: int = 0, skip_batches: int = 0,
+                     max_pixels: int = MAX_IMAGE_PIXELS) -> tf.data.Dataset:
     """Endless shuffled, augmented batches of (images float32 [B, S, S, 3], labels int32 [B, A]).
 
     For models trained from images with attribute labels (the pixel baselines); -1 = missing.
@@ -140,10 +296,11 @@ def labelled_dataset(manifest: manifest_lib.Manifest, labels: np.ndarray, image_
                          f"labels.shape={labels.shape}")
     ds = tf.data.Dataset.from_tensor_slices((manifest.absolute_paths(), labels))
     ds = ds.shuffle(len(manifest), seed=seed, reshuffle_each_iteration=True).repeat().enumerate()
+    ds = ds.skip(skip_batches * batch_size)  # a resumed fit: the batches it already trained on
 
     def load(element, row):
         path, label = row
-        image = decode_image(tf.io.read_file(path), image_size)
+        image = decode_image(tf.io.read_file(path), image_size, max_pixels)
         image = augment(image, tf.stack([tf.cast(seed + 2, tf.int32), tf.cast(element, tf.int32)]),
                         image_size)
         return image, label
