@@ -4,16 +4,26 @@
     query = client.extract([open("q.jpg", "rb").read()])           # [1, D]
     query = client.manipulate(query, *parse_edits("color=red,pattern=striped"))
     ids, scores = client.search(query, k=10)                        # [1, 10] each
+    ids, scores = client.retrieve([image], "color", "red", k=10)    # the three, one version
 
 Every call has a deadline (`timeout_s`), sets `model_spec.name` and `signature_name` explicitly,
 retries UNAVAILABLE with exponential backoff, and raises `FlamServingError` (gRPC code + server
 message) for anything else. `run_cli` is the command line behind `python -m serving.client`.
+
+Consistent versions (`consistent_versions=True`, the default): a feature is only meaningful to the
+manipulator and searcher of the export whose extractor made it, and a server moving to a new
+export loads each model on its own (TF Serving), so for a while it can serve extractor V+1 beside
+searcher V. The client therefore pins every request to one version (`model_spec.version`): the
+highest version AVAILABLE for all three models (GetModelStatus), chosen at the first call and kept
+until the server no longer has it (NOT_FOUND), when it is chosen again once and the call retried.
+`retrieve` and `call_consistent` run several calls on one version, retried from the start.
 """
 
 import os
 import sys
+import threading
 import time
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import grpc
 import numpy as np
@@ -26,6 +36,7 @@ from flam_tf import vocabulary
 from flam_tf.serving import signatures as sig
 
 Strings = Union[str, Sequence[str]]
+T = TypeVar("T")
 
 
 class FlamServingError(RuntimeError):
@@ -65,11 +76,16 @@ class FlamClient:
         timeout_s: deadline of each call, seconds.
         retries: how many times an UNAVAILABLE call is retried (backoff 0.1 s, doubling).
         max_message_mb: largest message sent or received.
+        consistent_versions: pin the model calls to one version available for all three models
+            (see the module docstring); False sends no version (each model's latest).
     """
 
     def __init__(self, server: str = "127.0.0.1:8500", timeout_s: float = 10.0,
-                 retries: int = 3, max_message_mb: int = 64):
+                 retries: int = 3, max_message_mb: int = 64, consistent_versions: bool = True):
         self.server, self.timeout_s, self.retries = server, timeout_s, retries
+        self.consistent_versions = consistent_versions
+        self._version: Optional[int] = None
+        self._version_lock = threading.Lock()
         size = int(max_message_mb * 2 ** 20)
         self._channel = grpc.insecure_channel(server, options=[
             ("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)])
@@ -108,46 +124,124 @@ class FlamClient:
         response = self._call(self._predict.Predict, request)
         return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
 
-    def extract(self, image_bytes_list: Sequence[bytes]) -> np.ndarray:
+    # -- Consistent versions ------------------------------------------------------------------
+
+    def common_version(self) -> Optional[int]:
+        """The highest version AVAILABLE for all three models (GetModelStatus of each).
+
+        Returns None if the server does not implement GetModelStatus (requests then name no
+        version).
+
+        Raises:
+            FlamServingError: NOT_FOUND if no version is available for all three models.
+        """
+        available = {}
+        for model in sig.MODEL_NAMES:
+            try:
+                status = self.model_status(model)
+            except FlamServingError as e:
+                if e.code == grpc.StatusCode.UNIMPLEMENTED:
+                    return None
+                raise
+            available[model] = sorted(v for v, state in status.items() if state == "AVAILABLE")
+        common = set.intersection(*(set(v) for v in available.values()))
+        if not common:
+            raise FlamServingError(grpc.StatusCode.NOT_FOUND,
+                                   f"No version is available for all of {list(sig.MODEL_NAMES)} "
+                                   f"on {self.server}: {available}")
+        return max(common)
+
+    @property
+    def version(self) -> Optional[int]:
+        """The version the model calls are pinned to (None before the first call or unpinned)."""
+        return self._version
+
+    def _pin(self, refresh: bool = False) -> Optional[int]:
+        if not self.consistent_versions:
+            return None
+        with self._version_lock:
+            if self._version is None or refresh:
+                self._version = self.common_version()
+            return self._version
+
+    def call_consistent(self, run: Callable[[Optional[int]], T]) -> T:
+        """Returns `run(version)`, where `run` passes `version` to the model calls it makes (e.g.
+        `lambda v: c.search(c.extract(images, version=v), version=v)`), so all of them use one
+        version. If the server no longer has it (NOT_FOUND), the version is chosen again and
+        `run` repeated once from the start. Without `consistent_versions`, version is None."""
+        version = self._pin()
+        try:
+            return run(version)
+        except FlamServingError as e:
+            if version is None or e.code != grpc.StatusCode.NOT_FOUND:
+                raise
+        return run(self._pin(refresh=True))
+
+    def _model_call(self, model: str, signature: str, inputs: Dict[str, np.ndarray],
+                    version: Optional[int]) -> Dict[str, np.ndarray]:
+        if version is not None:  # the caller pinned it
+            return self.predict(model, signature, inputs, version)
+        return self.call_consistent(lambda v: self.predict(model, signature, inputs, v))
+
+    # -- Model calls (each pinned to the consistent version unless `version` is given) ----------
+
+    def extract(self, image_bytes_list: Sequence[bytes], version: Optional[int] = None
+                ) -> np.ndarray:
         """Encoded JPEG/PNG images (list of bytes, length B) -> float32 features [B, D]."""
         data = np.array(list(image_bytes_list), dtype=object)
-        return self.predict(sig.EXTRACTOR, sig.SERVING_DEFAULT, {sig.IMAGE_BYTES: data})[sig.FEATURE]
+        return self._model_call(sig.EXTRACTOR, sig.SERVING_DEFAULT, {sig.IMAGE_BYTES: data},
+                                version)[sig.FEATURE]
 
-    def extract_pixels(self, images: np.ndarray) -> np.ndarray:
+    def extract_pixels(self, images: np.ndarray, version: Optional[int] = None) -> np.ndarray:
         """uint8 images [B, H, W, 3] (any size; resized by the server) -> features [B, D]."""
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be uint8 [B, H, W, 3]. Received: {images.dtype} "
                              f"{images.shape}")
-        return self.predict(sig.EXTRACTOR, sig.FROM_PIXELS, {sig.IMAGES: images})[sig.FEATURE]
+        return self._model_call(sig.EXTRACTOR, sig.FROM_PIXELS, {sig.IMAGES: images},
+                                version)[sig.FEATURE]
 
-    def manipulate(self, features: np.ndarray, attribute: Strings, value: Strings) -> np.ndarray:
+    def manipulate(self, features: np.ndarray, attribute: Strings, value: Strings,
+                   version: Optional[int] = None) -> np.ndarray:
         """Edits features [B, D]: attribute/value are one string for every row or one per row;
         "color;pattern" with "red;striped" applies two edits in sequence (see `parse_edits`)."""
         features = np.asarray(features, np.float32)
         rows = len(features)
         column = lambda x: np.array(  # noqa: E731
             [x] * rows if isinstance(x, str) else list(x), dtype=object)
-        return self.predict(sig.MANIPULATOR, sig.SERVING_DEFAULT, {
+        return self._model_call(sig.MANIPULATOR, sig.SERVING_DEFAULT, {
             sig.FEATURE: features, sig.ATTRIBUTE: column(attribute),
-            sig.VALUE: column(value)})[sig.FEATURE]
+            sig.VALUE: column(value)}, version)[sig.FEATURE]
 
-    def describe(self, features: np.ndarray) -> Dict[str, np.ndarray]:
+    def describe(self, features: np.ndarray, version: Optional[int] = None
+                 ) -> Dict[str, np.ndarray]:
         """features [B, D] -> {attribute: class names str [B], attribute_score: float32 [B]}."""
-        out = self.predict(sig.MANIPULATOR, sig.DESCRIBE,
-                           {sig.FEATURE: np.asarray(features, np.float32)})
+        out = self._model_call(sig.MANIPULATOR, sig.DESCRIBE,
+                               {sig.FEATURE: np.asarray(features, np.float32)}, version)
         return {k: v.astype(str) if v.dtype == object else v for k, v in out.items()}
 
-    def search(self, features: np.ndarray, k: Optional[int] = None
-               ) -> Tuple[np.ndarray, np.ndarray]:
+    def search(self, features: np.ndarray, k: Optional[int] = None,
+               version: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
         """features [B, D] -> (ids str [B, k], cosine scores float32 [B, k]), best first.
 
         k is capped at the K the searcher was exported with.
         """
-        out = self.predict(sig.SEARCHER, sig.SERVING_DEFAULT,
-                           {sig.FEATURE: np.asarray(features, np.float32)})
+        out = self._model_call(sig.SEARCHER, sig.SERVING_DEFAULT,
+                               {sig.FEATURE: np.asarray(features, np.float32)}, version)
         ids, scores = out[sig.IDS].astype(str), out[sig.SCORES]
         return (ids[:, :k], scores[:, :k]) if k is not None else (ids, scores)
+
+    def retrieve(self, image_bytes_list: Sequence[bytes], attribute: Optional[Strings] = None,
+                 value: Optional[Strings] = None, k: Optional[int] = None
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+        """The whole pipeline on one version: extract -> manipulate (if `attribute` is given)
+        -> search. Returns (ids str [B, k], scores float32 [B, k])."""
+        def run(version):
+            features = self.extract(image_bytes_list, version=version)
+            if attribute is not None:
+                features = self.manipulate(features, attribute, value, version=version)
+            return self.search(features, k, version=version)
+        return self.call_consistent(run)
 
     def signature_defs(self, model: str):
         """GetModelMetadata: the model's signature defs (name -> SignatureDef)."""
@@ -246,20 +340,27 @@ def run_cli(command: str, server: str = "127.0.0.1:8500", images: Sequence[str] 
             raise ValueError("manipulate needs at least one --set attribute=value")
         if contact_sheet and not (gallery_root and images):
             raise ValueError("--contact_sheet needs --gallery_root and query --image files")
+        edits = parse_edits(list(sets)) if sets else None
+        data, given = [], None
+        for path in images:
+            with open(path, "rb") as f:
+                data.append(f.read())
+        if feature_npy:
+            given = np.load(feature_npy, allow_pickle=False).astype(np.float32)
+            given = given[np.newaxis] if given.ndim == 1 else given
         with FlamClient(server, timeout_s=timeout_s) as client:
-            if images:
-                data = []
-                for path in images:
-                    with open(path, "rb") as f:
-                        data.append(f.read())
-                features = client.extract(data)
-            else:
-                features = np.load(feature_npy, allow_pickle=False).astype(np.float32)
-                features = features[np.newaxis] if features.ndim == 1 else features
+            def run(version):  # every model call of the command on one version
+                features = client.extract(data, version=version) if data else given
+                if edits:
+                    features = client.manipulate(features, *edits, version=version)
+                if command == "describe":
+                    return features, client.describe(features, version=version)
+                if command == "search":
+                    return features, client.search(features, k, version=version)
+                return features, None
+
+            features, result = client.call_consistent(run)
             names = list(images) or [f"row{i}" for i in range(len(features))]
-            if sets:
-                attribute, value = parse_edits(list(sets))
-                features = client.manipulate(features, attribute, value)
             if command in ("extract", "manipulate"):
                 if output:
                     np.save(output, features)
@@ -268,7 +369,7 @@ def run_cli(command: str, server: str = "127.0.0.1:8500", images: Sequence[str] 
                     head = " ".join(f"{x:+.3f}" for x in f[:4])
                     print(f"{name:<30} {len(f):>4} {np.linalg.norm(f):7.4f}  {head}", file=out)
             elif command == "describe":
-                described = client.describe(features)
+                described = result
                 attrs = vocabulary.ATTRIBUTE_TYPES
                 print(f"{'query':<30} " + " ".join(f"{a:<22}" for a in attrs), file=out)
                 for i, name in enumerate(names):
@@ -276,7 +377,7 @@ def run_cli(command: str, server: str = "127.0.0.1:8500", images: Sequence[str] 
                              for a in attrs]
                     print(f"{name:<30} " + " ".join(f"{c:<22}" for c in cells), file=out)
             else:
-                ids, scores = client.search(features, k)
+                ids, scores = result
                 print(f"{'query':<30} {'rank':>4}  {'score':>7}  id", file=out)
                 for i, name in enumerate(names):
                     for rank, (id_, score) in enumerate(zip(ids[i], scores[i]), 1):

@@ -15,6 +15,13 @@ INVALID_ARGUMENT for an unknown signature, missing/extra/mistyped inputs and op 
 the graph (bad image bytes, failed asserts), with TF's message. It is not a production server: no
 batching, no model reloading, no REST API. Use `tensorflow_model_server` in production; the client
 works with both.
+
+Hostile input: the port is bound before any model loads (a taken port fails at once); each input
+TensorProto's DECLARED size is checked before a tensor is built from it (at most the request byte
+cap in all, at most the signature's maximum batch of rows, as `tf.make_ndarray` would expand a
+single value to the declared shape); error messages are valid UTF-8 of at most
+MAX_MESSAGE_BYTES; SIGINT / SIGTERM stop accepting requests and let in-flight ones finish within
+a grace period.
 """
 
 import os
@@ -40,6 +47,15 @@ _EAGER_PREAMBLE = re.compile(r"^Graph execution error:\s*(Detected at node .*?\n
                              r"(<stack traces unavailable>\n|(\s+File .*\n)*))?", re.DOTALL)
 _EAGER_SUFFIX = re.compile(r"\s*\[Op:__inference_\w+\]\s*$")
 _STATUS_BY_TF_CODE = {code.value[0]: code for code in grpc.StatusCode}
+# Longest error message sent (UTF-8 bytes): gRPC sends it percent-encoded in trailing metadata,
+# whose default limit (8 KiB) a longer one would exceed (the client then sees RESOURCE_EXHAUSTED).
+MAX_MESSAGE_BYTES = 2000
+# Maximum rows of each input per request, by input name (the signatures assert the same).
+MAX_ROWS = {sig.IMAGE_BYTES: sig.MAX_IMAGES_PER_REQUEST, sig.IMAGES: sig.MAX_IMAGES_PER_REQUEST,
+            sig.FEATURE: sig.MAX_FEATURES_PER_REQUEST, sig.ATTRIBUTE: sig.MAX_FEATURES_PER_REQUEST,
+            sig.VALUE: sig.MAX_FEATURES_PER_REQUEST}
+DEFAULT_MAX_REQUEST_MB = 64
+DEFAULT_GRACE_S = 10.0
 
 
 class ServingError(Exception):
@@ -48,6 +64,76 @@ class ServingError(Exception):
     def __init__(self, code: grpc.StatusCode, message: str):
         super().__init__(message)
         self.code, self.message = code, message
+
+
+def clean_message(message) -> str:
+    """`message` as sent in a gRPC status: valid UTF-8, at most MAX_MESSAGE_BYTES bytes."""
+    if isinstance(message, bytes):
+        message = message.decode("utf-8", errors="replace")
+    data = str(message).encode("utf-8", errors="replace")
+    if len(data) <= MAX_MESSAGE_BYTES:
+        return data.decode("utf-8", errors="replace")
+    return data[:MAX_MESSAGE_BYTES - 3].decode("utf-8", errors="ignore") + "..."
+
+
+def declared_size(key: str, proto, max_bytes: int, max_rows: Optional[int]) -> int:
+    """Bytes the tensor of an input TensorProto would take, from its declared shape, checked
+    BEFORE the tensor is built (`tf.make_ndarray` expands one value to the whole shape).
+
+    Like TF (Tensor::FromProto), fewer values than elements are accepted (the last one repeats;
+    none: zeros); more values than elements, or `tensor_content` of the wrong length, are refused.
+
+    Raises:
+        ServingError: INVALID_ARGUMENT for an unknown rank or dimension, more than `max_rows`
+            rows, a tensor over `max_bytes`, or a value count that does not fit the shape.
+    """
+    def refuse(message):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Input {key}: {message}")
+
+    shape = proto.tensor_shape
+    if shape.unknown_rank:
+        refuse("the tensor has an unknown rank")
+    dims = [d.size for d in shape.dim]
+    if any(d < 0 for d in dims):
+        refuse(f"the tensor has an unknown or negative dimension: {dims}")
+    if dims and max_rows is not None and dims[0] > max_rows:
+        refuse(f"At most {max_rows} rows per request (the signature's maximum batch). "
+               f"Received: {dims[0]}")
+    elements = 1
+    for d in dims:
+        elements *= d
+    dtype = tf.dtypes.as_dtype(proto.dtype)
+    if dtype == tf.string:
+        values = proto.string_val
+        count = len(values)
+        size = sum(len(v) for v in values) + max(elements - count, 0) * (
+            len(values[-1]) if count else 0)
+    else:
+        count = None if proto.tensor_content else _value_count(proto)
+        size = elements * max(dtype.size, 1)
+    if size > max_bytes:
+        refuse(f"the tensor of shape {dims} would take {size} bytes, more than the "
+               f"{max_bytes} bytes a request may hold (max_request_mb)")
+    if proto.tensor_content and len(proto.tensor_content) != size:
+        refuse(f"tensor_content holds {len(proto.tensor_content)} bytes; shape {dims} of "
+               f"{dtype.name} needs {size}")
+    if count is not None and count > elements:
+        refuse(f"{count} values given for a tensor of shape {dims} ({elements} elements)")
+    return size
+
+
+_VALUE_FIELDS = ("half_val", "float_val", "double_val", "int_val", "int64_val", "bool_val",
+                 "scomplex_val", "dcomplex_val", "uint32_val", "uint64_val", "float8_val")
+
+
+def _value_count(proto) -> int:
+    """Number of values a TensorProto lists in its typed *_val field."""
+    count = 0
+    for field in _VALUE_FIELDS:
+        if hasattr(proto, field):
+            n = len(getattr(proto, field))
+            count = max(count, n // 2 if field.endswith("complex_val") else n)
+    return count
 
 
 def session_message(message: str) -> str:
@@ -80,10 +166,13 @@ class Servable:
         name: model name.
         version: integer version.
         path: the version folder (holding saved_model.pb).
+        max_request_bytes: the largest tensor (and all inputs together) a request may declare.
     """
 
-    def __init__(self, name: str, version: int, path: str):
+    def __init__(self, name: str, version: int, path: str,
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_MB * 2 ** 20):
         self.name, self.version, self.path = name, version, path
+        self.max_request_bytes = int(max_request_bytes)
         self._loaded = tf.saved_model.load(path)
         self.signatures = dict(self._loaded.signatures)
         saved_model = saved_model_pb2.SavedModel()
@@ -114,6 +203,15 @@ class Servable:
                 f"len({{{listing(inputs)}}}) != len({{{listing(specs)}}}). "
                 f"Sent extra: {{{listing(set(inputs) - set(specs))}}}. "
                 f"Missing but required: {{{listing(set(specs) - set(inputs))}}}.")
+        total = 0
+        for key, proto in request.inputs.items():  # declared sizes first: nothing built yet
+            self._check_dtype(key, proto, specs[key])
+            total += declared_size(key, proto, self.max_request_bytes, MAX_ROWS.get(key))
+        if total > self.max_request_bytes:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"The inputs would take {total} bytes, more than the "
+                               f"{self.max_request_bytes} bytes a request may hold "
+                               f"(max_request_mb)")
         inputs = {key: self._input_tensor(key, proto, specs[key])
                   for key, proto in request.inputs.items()}
         wanted = list(request.output_filter)
@@ -139,17 +237,24 @@ class Servable:
         return response
 
     @staticmethod
+    def _check_dtype(key, proto, spec):
+        try:
+            dtype = tf.dtypes.as_dtype(proto.dtype)
+        except TypeError:
+            dtype = None
+        if dtype != spec.dtype:
+            name = dtype.name if dtype is not None else f"DataType {proto.dtype}"
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Expects input {key} to be {spec.dtype.name} but "
+                               f"{name} is provided")
+
+    @staticmethod
     def _input_tensor(key, proto, spec):
         try:
             array = tf.make_ndarray(proto)
         except Exception as e:  # malformed TensorProto
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"Input {key}: not a valid TensorProto: {e}") from None
-        dtype = tf.dtypes.as_dtype(proto.dtype)
-        if dtype != spec.dtype:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"Expects input {key} to be {spec.dtype.name} but "
-                               f"{dtype.name} is provided")
         if not spec.shape.is_compatible_with(array.shape):
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"Input {key} has shape {list(array.shape)}; the signature "
@@ -162,9 +267,11 @@ class ModelRegistry:
 
     Args:
         config_path: a text-format models.config (model_config_list).
+        max_request_bytes: request byte cap; no input tensor may declare more.
     """
 
-    def __init__(self, config_path: str):
+    def __init__(self, config_path: str,
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_MB * 2 ** 20):
         self.config = models_config.read_config(config_path)
         self.servables: Dict[str, Dict[int, Servable]] = {}
         self.labels: Dict[str, Mapping[str, int]] = {}
@@ -176,7 +283,8 @@ class ModelRegistry:
             self.servables[entry.name] = {}
             for version in _select_versions(entry, available):
                 servable = Servable(entry.name, version,
-                                    os.path.join(entry.base_path, str(version)))
+                                    os.path.join(entry.base_path, str(version)),
+                                    max_request_bytes)
                 self._warm_up(servable)
                 self.servables[entry.name][version] = servable
             self.labels[entry.name] = dict(entry.version_labels)
@@ -224,17 +332,37 @@ class ModelRegistry:
                            f"Servable not found for request: {request}")
 
 
+class PendingRegistry:
+    """Stands in for the ModelRegistry while the models load: the port is bound first (so a taken
+    port fails at once), the registry is set once loaded, and only then is the server started."""
+
+    def __init__(self):
+        self.registry: Optional[ModelRegistry] = None
+
+    def get(self, model_spec) -> Servable:
+        if self.registry is None:
+            raise ServingError(grpc.StatusCode.UNAVAILABLE, "The models are still loading")
+        return self.registry.get(model_spec)
+
+    def loaded_versions(self) -> Dict[str, List[int]]:
+        return self.registry.loaded_versions() if self.registry is not None else {}
+
+
+def _abort(context, code: grpc.StatusCode, message) -> None:
+    context.abort(code, clean_message(message))
+
+
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """tensorflow.serving.PredictionService: Predict and GetModelMetadata."""
 
-    def __init__(self, registry: ModelRegistry):
-        self.registry = registry
+    def __init__(self, registry):
+        self.registry = registry  # a ModelRegistry or a PendingRegistry
 
     def Predict(self, request, context):
         try:
             return self.registry.get(request.model_spec).predict(request)
         except ServingError as e:
-            context.abort(e.code, e.message)
+            _abort(context, e.code, e.message)
 
     def GetModelMetadata(self, request, context):
         try:
@@ -249,7 +377,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                                        f"Metadata field {field} is not supported")
             servable = self.registry.get(request.model_spec)
         except ServingError as e:
-            context.abort(e.code, e.message)
+            _abort(context, e.code, e.message)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version
@@ -263,20 +391,20 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
     """tensorflow.serving.ModelService: GetModelStatus (every loaded version is AVAILABLE)."""
 
-    def __init__(self, registry: ModelRegistry):
-        self.registry = registry
+    def __init__(self, registry):
+        self.registry = registry  # a ModelRegistry or a PendingRegistry
 
     def GetModelStatus(self, request, context):
         name = request.model_spec.name
         versions = self.registry.loaded_versions().get(name)
         if not versions:
-            context.abort(grpc.StatusCode.NOT_FOUND,
-                          f"Could not find any versions of model {name}")
+            _abort(context, grpc.StatusCode.NOT_FOUND,
+                   f"Could not find any versions of model {name}")
         if request.model_spec.HasField("version"):
             wanted = request.model_spec.version.value
             if wanted not in versions:
-                context.abort(grpc.StatusCode.NOT_FOUND,
-                              f"Could not find version {wanted} of model {name}")
+                _abort(context, grpc.StatusCode.NOT_FOUND,
+                       f"Could not find version {wanted} of model {name}")
             versions = [wanted]
         response = get_model_status_pb2.GetModelStatusResponse()
         for version in versions:
@@ -287,54 +415,85 @@ class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def create_server(model_config_file: str, host: str = "127.0.0.1", port: int = 8500,
-                  max_workers: int = 8, max_request_mb: int = 64
+                  max_workers: int = 8, max_request_mb: float = DEFAULT_MAX_REQUEST_MB
                   ) -> Tuple[grpc.Server, int, ModelRegistry]:
-    """Loads the models and binds a (not yet started) gRPC server.
+    """Binds a gRPC server, then loads the models; returns it bound but not yet started.
+
+    The address is bound BEFORE any model loads, so a taken port fails at once.
 
     Args:
         model_config_file: models.config (text-format ModelServerConfig).
         host: address to bind; the loopback interface by default.
         port: TCP port; 0 picks a free one.
         max_workers: threads serving concurrent requests.
-        max_request_mb: largest request accepted (grpc.max_receive_message_length).
+        max_request_mb: largest request accepted (grpc.max_receive_message_length), and the
+            largest tensor the inputs of one request may declare.
 
     Returns:
         (server, bound port, registry).
 
     Raises:
-        OSError: the address cannot be bound.
+        OSError: "Cannot bind host:port", before anything is loaded.
     """
-    registry = ModelRegistry(model_config_file)
     max_bytes = int(max_request_mb * 2 ** 20)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=[
         ("grpc.max_receive_message_length", max_bytes),
         ("grpc.max_send_message_length", max_bytes),
         ("grpc.so_reuseport", 0),  # a second server on a busy port fails instead of sharing it
     ])
+    pending = PendingRegistry()
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(registry), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelStatusServicer(registry), server)
+        PredictionServicer(pending), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelStatusServicer(pending), server)
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as e:
         raise OSError(f"Cannot bind {host}:{port}: {e}") from None
     if not bound:
         raise OSError(f"Cannot bind {host}:{port}")
-    return server, bound, registry
+    try:
+        pending.registry = ModelRegistry(model_config_file, max_request_bytes=max_bytes)
+    except BaseException:
+        # Releases the port (stopping a server that never started does not); requests meanwhile
+        # get UNAVAILABLE from the PendingRegistry.
+        server.start()
+        server.stop(None).wait()
+        raise
+    return server, bound, pending.registry
+
+
+def drain(server: grpc.Server, grace_s: float) -> None:
+    """Stops `server`: new requests are refused at once, in-flight ones get `grace_s` seconds to
+    finish (then they are cancelled); returns once it has stopped."""
+    server.stop(grace_s).wait()
 
 
 def serve(model_config_file: str, host: str = "127.0.0.1", port: int = 8500,
-          max_workers: int = 8, max_request_mb: int = 64, grace_s: float = 5.0,
-          ready: Optional[threading.Event] = None) -> None:
-    """Runs the server until SIGINT or SIGTERM, then stops it (in-flight requests get `grace_s`).
+          max_workers: int = 8, max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
+          grace_s: float = DEFAULT_GRACE_S, ready: Optional[threading.Event] = None,
+          stop: Optional[threading.Event] = None) -> None:
+    """Runs the server until SIGINT or SIGTERM (or `stop` is set), then drains it.
 
-    Must be called from the main thread (signal handlers). `ready` is set once serving.
+    On the first signal the server refuses new requests and lets in-flight ones finish within
+    `grace_s` seconds; a second signal cancels them at once. Signal handlers are installed only
+    when called from the main thread (a caller on another thread stops it with `stop`).
+    `ready` is set once serving.
     """
     server, bound, registry = create_server(model_config_file, host, port, max_workers,
                                             max_request_mb)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop if stop is not None else threading.Event()
+    signals = []
+
+    def on_signal(*_):
+        signals.append(1)
+        if len(signals) > 1:
+            logging.info("Second signal: cancelling in-flight requests")
+            server.stop(0)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, on_signal)
     server.start()
     loaded = ", ".join(f"{m} {v}" for m, v in registry.loaded_versions().items())
     logging.info("FLAM dev server on %s:%d serving %s", host, bound, loaded)
@@ -342,5 +501,6 @@ def serve(model_config_file: str, host: str = "127.0.0.1", port: int = 8500,
         ready.set()
     while not stop.wait(0.5):
         pass
-    server.stop(grace_s).wait()
+    logging.info("FLAM dev server draining: in-flight requests get %.1f s", grace_s)
+    drain(server, grace_s)
     logging.info("FLAM dev server stopped")

@@ -2,11 +2,12 @@
 
 Only the `model_config_list` form is used: one entry per model with `name`, `base_path` and
 `model_platform: "tensorflow"`, optionally a `model_version_policy`. The same file feeds
-`tensorflow_model_server --model_config_file=...` and `python -m serving.dev_server`.
+`tensorflow_model_server --model_config_file=...` and `python -m serving.dev_server`. The export
+pins every model to one version (`specific`), so the file, replaced atomically, commits an export.
 """
 
 import os
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
@@ -36,13 +37,33 @@ def build_config(base_paths: Mapping[str, str],
     return config
 
 
-def write_config(path: str, config: model_server_config_pb2.ModelServerConfig) -> str:
-    """Writes `config` as text format to `path` atomically (temp file + rename); returns `path`."""
+def write_config(path: str, config: model_server_config_pb2.ModelServerConfig,
+                 before_replace: Optional[Callable[[], None]] = None) -> str:
+    """Writes `config` as text format to `path` atomically; returns `path`.
+
+    The text goes to `<path>.tmp-<pid>` (flushed and fsync'ed), which then replaces `path`
+    (os.replace): a reader sees the old file or the new one, never a part. `before_replace` is
+    called between the two (a test hook).
+    """
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text_format.MessageToString(config))
+        f.flush()
+        os.fsync(f.fileno())
+    if before_replace is not None:
+        before_replace()
     os.replace(tmp, path)
     return path
+
+
+def pinned_versions(config: model_server_config_pb2.ModelServerConfig) -> Dict[str, List[int]]:
+    """Model name -> the versions its `specific` version policy names (models without one are
+    left out: TF Serving serves their latest version)."""
+    out = {}
+    for entry in config.model_config_list.config:
+        if entry.model_version_policy.WhichOneof("policy_choice") == "specific":
+            out[entry.name] = sorted(entry.model_version_policy.specific.versions)
+    return out
 
 
 def read_config(path: str) -> model_server_config_pb2.ModelServerConfig:

@@ -31,3 +31,13 @@ WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 # An empty batch (0 rows) is valid for every signature and returns empty outputs.
 EDIT_SEPARATOR = ";"
 MAX_EDITS = 3
+
+# Request limits, asserted inside each signature's graph (so tensorflow_model_server enforces them
+# too: INVALID_ARGUMENT naming the limit) and checked by the dev server before it builds a tensor.
+# Images: 64 per request keeps the worst case of one request (64 x the pixel limit of
+# flam_tf.data.pipeline.MAX_IMAGE_PIXELS decoded one at a time, 64 x S x S x 3 floats resized)
+# to seconds of CPU; clients batch bigger galleries themselves. Features: 1024 rows of D floats
+# (4 MiB at D = 1024) are far above an interactive query batch, and bound the searcher's [B, N]
+# score matrix to 1024 x gallery size.
+MAX_IMAGES_PER_REQUEST = 64       # extractor: serving_default and from_pixels
+MAX_FEATURES_PER_REQUEST = 1024   # manipulator: serving_default and describe; searcher
