@@ -3,7 +3,7 @@
     D/config.json            resolved ExperimentConfig
     D/stages.json            finished stages and their wall times (a rerun skips these)
     D/data/                  the synthetic benchmark (or the combined manifest of real sources)
-    D/checkpoints/<stage>/   mid-stage backups (keras BackupAndRestore); gone once a stage ends
+    D/checkpoints/<model>/   mid-stage epoch backups (epoch_backup.EpochBackup); gone once a fit ends
     D/models/*.keras         trained models
     D/features/              feature store: features.npz (every image), fam_gallery.npz
     D/logs/<stage>/          TensorBoard summaries; D/logs/<stage>_history.json epoch metrics

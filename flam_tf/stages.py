@@ -4,7 +4,8 @@
 
 Each stage reads what earlier stages left in the run directory (never their in-memory state), so
 any stage can be rerun alone with `--stages`, and a killed run resumes: finished stages are skipped,
-and a training stage restarts from its last epoch backup (keras BackupAndRestore).
+and a training stage restarts from its last epoch backup (epoch_backup.EpochBackup). Each
+stage seeds itself from the run seed and its name: a run split across processes equals one run.
 """
 
 import os

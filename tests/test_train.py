@@ -57,6 +57,11 @@ def test_report_json_has_the_documented_keys(smoke_run):
     assert report["timings_s"]["total"] > 0
 
 
+# Two cosines closer than this may be ordered either way by the report's float32 arithmetic
+# (64-wide unit vectors: a float32 dot product is within about 1e-6 of the exact value).
+TIE = 2e-6
+
+
 def test_fam_gallery_npz_recomputes_identity_t_at_k(smoke_run):
     """An independent numpy recomputation of the Identity row from the saved feature store."""
     run_dir, _ = smoke_run
@@ -71,7 +76,7 @@ def test_fam_gallery_npz_recomputes_identity_t_at_k(smoke_run):
     unit /= np.linalg.norm(unit, axis=1, keepdims=True)
     sims = unit @ unit.T
     # Near-ties at the k-th place (float32 features of look-alike 32x32 images) may be ordered
-    # either way, so count a hit as certain (clearly inside the top k) or possible (within 1e-5
+    # either way, so count a hit as certain (clearly inside the top k) or possible (within TIE
     # of the k-th score) and require the report to lie between the two rates.
     certain, possible = {k: [] for k in (1, 10)}, {k: [] for k in (1, 10)}
     combos = {tuple(r) for r in labels.tolist()}
@@ -91,13 +96,13 @@ def test_fam_gallery_npz_recomputes_identity_t_at_k(smoke_run):
                 for k in certain:
                     kth, next_out = scores[order[k - 1]], scores[order[k]]
                     # Certain: above the first item outside the top k by more than the tolerance.
-                    certain[k].append(bool(np.any(match & (scores > next_out + 1e-5))))
-                    possible[k].append(bool(np.any(match & (scores >= kth - 1e-5))))
+                    certain[k].append(bool(np.any(match & (scores > next_out + TIE))))
+                    possible[k].append(bool(np.any(match & (scores >= kth - TIE))))
     with open(os.path.join(run_dir, "report.json")) as f:
         identity = json.load(f)["fam"]["Identity"]["all"]
     for k in certain:
         assert np.mean(certain[k]) - 1e-9 <= identity[f"T@{k}"] <= np.mean(possible[k]) + 1e-9
-        assert np.mean(possible[k]) - np.mean(certain[k]) < 0.02  # ties are rare
+        assert np.mean(possible[k]) - np.mean(certain[k]) < 0.05  # the bounds say something
 
 
 def _fam_store(run_dir):
@@ -133,10 +138,11 @@ def test_twin_recall_recomputed_from_the_saved_features_and_model(smoke_run):
         scores[np.arange(len(q)), q] = -np.inf  # the query itself is never a result
         twin_score = scores[np.arange(len(q)), g]
         for k in (1, 10):
-            kth = -np.sort(-scores, axis=1)[:, k - 1]
-            above = (scores > twin_score[:, None] + 1e-5).sum(1)
-            certain = np.mean(above < k)  # clearly inside the top k
-            possible = np.mean(twin_score >= kth - 1e-5)
+            # Certain: fewer than k items score even near the twin (within float32 error);
+            # possible: fewer than k score clearly above it.
+            near_or_above = (scores >= twin_score[:, None] - TIE).sum(1) - 1  # minus the twin
+            clearly_above = (scores > twin_score[:, None] + TIE).sum(1)
+            certain, possible = np.mean(near_or_above < k), np.mean(clearly_above < k)
             assert certain - 1e-9 <= report[method][f"R@{k}"] <= possible + 1e-9, (method, k)
 
 
