@@ -26,6 +26,8 @@ setup(
     description="Feature-level attribute manipulation (FLAM) for fashion image retrieval, "
                 "in TensorFlow/Keras 3, with TF Serving export.",
     packages=find_packages(include=["flam_tf", "flam_tf.*"]),
+    # The Shopping100k code table the reader loads at run time (flam_tf/data/readers/).
+    package_data={"flam_tf.data.readers": ["shopping100k_codes.json"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={

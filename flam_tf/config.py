@@ -7,6 +7,7 @@ resolve to the same config (the stages it skips were computed with it).
 """
 
 import dataclasses
+import os
 import json
 from typing import Any, Dict, List, Tuple
 
@@ -23,6 +24,7 @@ class DataConfig:
     extractor_data_dir: str = ""  # data directory of a real extractor_source
     attribute_source: str = "synthetic"  # synthetic | darn | shopping100k
     attribute_data_dir: str = ""  # data directory of a real attribute_source
+    class_table: str = ""  # JSON naming the attribute source's class codes (see the readers)
     unlabelled_manifest: str = ""  # optional manifest of extra unlabelled images (NFD role)
     num_instances: int = 10000  # synthetic: garments in total
     entanglement: float = 1.0  # synthetic: attribute entanglement (0 = independent)
@@ -162,6 +164,12 @@ class ExperimentConfig:
             raise ValueError(f"Unknown extractor_source {self.data.extractor_source!r}")
         if self.data.attribute_source not in ("synthetic", "darn", "shopping100k"):
             raise ValueError(f"Unknown attribute_source {self.data.attribute_source!r}")
+        if self.data.class_table:
+            if self.data.attribute_source not in ("darn", "shopping100k"):
+                raise ValueError(f"data.class_table applies to a darn or shopping100k "
+                                 f"attribute_source. Received: {self.data.attribute_source!r}")
+            if not os.path.isfile(self.data.class_table):
+                raise ValueError(f"data.class_table: no such file: {self.data.class_table}")
         for source, directory in ((self.data.extractor_source, self.data.extractor_data_dir),
                                   (self.data.attribute_source, self.data.attribute_data_dir)):
             if source != "synthetic" and not directory:

@@ -123,13 +123,15 @@ def _combine_real_sources(ctx: Context) -> manifest_lib.Manifest:
              (c.attribute_source, c.attribute_data_dir,
               ("attribute_train", "fam_eval", "unlabelled"),
               {"top_n": c.top_n_classes, **({"fam_eval_size": c.fam_eval_size}
-                                            if c.fam_eval_size else {})})]
+                                            if c.fam_eval_size else {}),
+               **(readers.class_table_options(c.attribute_source, c.class_table)
+                  if c.class_table else {})})]
     for source, data_dir, splits, options in roles:
         if source == "synthetic":
             raise ValueError("Mixing the synthetic benchmark with a real source is not supported; "
                              "set both --data_extractor_source and --data_attribute_source")
         path = ctx.run.path("data", f"{source}_manifest.csv")
-        readers.build_manifest(source, data_dir, path, **options)
+        readers.build_manifest(source, data_dir, path, warn_outside=False, **options)
         m = manifest_lib.read_manifest(path, root=data_dir)
         keep = np.isin(m["split"], splits)
         absolute = m.absolute_paths()

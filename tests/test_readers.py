@@ -1,5 +1,6 @@
 """Data set readers: tiny fixture trees in the published layouts -> manifest rows, and bad input."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -9,8 +10,9 @@ import pytest
 from PIL import Image
 
 from flam_tf.data.manifest import ManifestError, read_manifest
-from flam_tf.data.readers import (build_manifest, read_darn, read_deepfashion_c2s,
+from flam_tf.data.readers import (build_manifest, read_deepfashion_c2s,
                                   read_deepfashion_inshop, read_shopping100k)
+from flam_tf.data import readers
 from flam_tf.data.readers import common
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,7 +109,7 @@ def test_inshop_missing_file_and_bad_count(tmp_path):
     with pytest.raises(FileNotFoundError, match="list_eval_partition.txt"):
         read_deepfashion_inshop(str(tmp_path))
     write_partition(tmp_path, INSHOP_HEADER, ["img/a.jpg id_1 train"], count=2)
-    with pytest.raises(ManifestError, match="line 1 declares 2 entries but the file has 1"):
+    with pytest.raises(ManifestError, match="line 1: declares 2 entries but the file has 1"):
         read_deepfashion_inshop(str(tmp_path), check_images=False)
 
 
@@ -115,6 +117,42 @@ def test_instance_in_two_splits_is_an_error(tmp_path):
     write_partition(tmp_path, INSHOP_HEADER, ["img/a.jpg id_1 train", "img/b.jpg id_1 query"])
     with pytest.raises(ManifestError, match="instance 'id_1' appears in splits"):
         read_deepfashion_inshop(str(tmp_path), check_images=False)
+
+
+# Real lines of the In-shop Eval/list_eval_partition.txt (count line, header, entries), as quoted
+# in public write-ups of the release and in open-mmlab/mmpretrain's InShop dataset tests; layout
+# `Eval/list_eval_partition.txt` + `Img/img/...` from mmpretrain `mmpretrain/datasets/inshop.py`
+# (ann_file='Eval/list_eval_partition.txt', data_prefix='Img') and mmfashion
+# docs/dataset/IN_SHOP_DATASET.md.
+REAL_INSHOP = ["52712", "image_name item_id evaluation_status",
+               "img/WOMEN/Dresses/id_00000002/02_1_front.jpg id_00000002 train",
+               "img/WOMEN/Dresses/id_00000002/02_2_side.jpg id_00000002 train"]
+
+
+def test_inshop_release_layout_bom_crlf(tmp_path):
+    entries = REAL_INSHOP[2:] + ["img/WOMEN/Dresses/id_00007982/12_3_back.jpg id_00007982 gallery",
+                                 "img/WOMEN/Dresses/id_00007982/13_1_front.jpg id_00007982 query"]
+    text = "\r\n".join([str(len(entries)), REAL_INSHOP[1]] + entries) + "\r\n"
+    (tmp_path / "Eval").mkdir()
+    (tmp_path / "Eval/list_eval_partition.txt").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    write_jpegs(tmp_path / "Img", [e.split()[0] for e in entries])
+    rows, stats = read_deepfashion_inshop(str(tmp_path))
+    rows = by_path(rows)
+    assert set(rows) == {"Img/" + e.split()[0] for e in entries}
+    assert rows["Img/img/WOMEN/Dresses/id_00000002/02_1_front.jpg"]["instance_id"] == "id_00000002"
+    assert stats.rows_by_split == {"extractor_train": 2, "fir_eval": 2}
+
+
+def test_inshop_no_images_names_where_it_looked(tmp_path):
+    write_partition(tmp_path, REAL_INSHOP[1], REAL_INSHOP[2:])
+    with pytest.raises(ManifestError, match=r"no images read.*Looked for .*img/ and .*Img/img/"):
+        read_deepfashion_inshop(str(tmp_path))
+
+
+def test_partition_missing_names_both_paths(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"Eval/list_eval_partition.txt and .*"
+                                                r"list_eval_partition.txt"):
+        read_deepfashion_c2s(str(tmp_path))
 
 
 # ---------------------------------------------------------------- DeepFashion Consumer-to-shop
@@ -166,162 +204,175 @@ def test_c2s_malformed_line(tmp_path):
 
 
 # -------------------------------------------------------------------------------- Shopping100k
+# Real line format: `Male/1_Coats/0000095_13.jpg 1`, a line of the data set's own Attributes/*.txt
+# quoted in the bug report against this reader (integer value codes, paths relative to Images/).
+# The field files (category, collar, color, fabric, fastening, fit, gender, neckline, pattern,
+# pocket, sleevelen, sport) and value counts: ADDE (GitHub amzn/fashion-attribute-disentanglement,
+# splits/Shopping100k/attr_num.txt, README "Preparing Support Files").
 
-SHOPPING_LABELS = {  # image -> (category, color, pattern); -1 = missing in the source
-    "Male/1_Coats/0000001_1.jpg": ("T-shirt", "Black", "Plain"),
-    "Male/1_Coats/0000002_1.jpg": ("T-shirt", "Black", "Plain"),
-    "Male/1_Coats/0000003_1.jpg": ("T-shirt", "Olive", "Print"),
-    "Female/2_Dresses/0000004_1.jpg": ("Dress", "Olive", "Plain"),
-    "Female/2_Dresses/0000005_1.jpg": ("Dress", "Black", "-1"),
-    "Female/2_Dresses/0000006_1.jpg": ("Tracksuit_Bottoms", "Beige", "Print"),
-    "Female/2_Dresses/0000007_1.jpg": ("-1", "-1", "-1"),
+REAL_SHOPPING_LINE = "Male/1_Coats/0000095_13.jpg 1"
+SHOPPING_CODES = {  # image under Images/ -> (category, color, pattern) codes; -1 = missing
+    "Male/1_Coats/0000095_13.jpg": (1, 1, 0),
+    "Male/1_Coats/0000096_13.jpg": (1, 2, 0),
+    "Female/4_Dresses/0000301_2.jpg": (3, 1, 1),
+    "Female/4_Dresses/0000302_2.jpg": (3, 1, -1),
+    "Female/9_Tracksuit_Bottoms/0000501_1.jpg": (8, 5, 0),
 }
+NAMED = {"fields": {"color": {"codes": {"1": "Black", "2": "Navy", "5": "Olive"}},
+                    "pattern": {"codes": {"0": "Plain", "1": "Striped"}}}}
 
 
-@pytest.fixture
-def shopping_dir(tmp_path):
-    write_jpegs(tmp_path / "Images", SHOPPING_LABELS)
+def write_shopping(root, codes=SHOPPING_CODES, bom=False, crlf=False):
+    write_jpegs(root / "Images", codes)
+    end = "\r\n" if crlf else "\n"
     for i, field in enumerate(("category", "color", "pattern")):
-        write_text(tmp_path, f"Attributes/{field}.txt",
-                   [f"{p} {labels[i]}" for p, labels in SHOPPING_LABELS.items()])
-    write_text(tmp_path, "Attributes/collar.txt", [f"{p} Round" for p in SHOPPING_LABELS])
-    return tmp_path
+        text = "".join(f"{p} {c[i]}{end}" for p, c in codes.items())
+        (root / "Attributes").mkdir(exist_ok=True)
+        (root / "Attributes" / f"{field}.txt").write_bytes(
+            (b"\xef\xbb\xbf" if bom else b"") + text.encode())
+    for field in ("sleevelen", "collar", "gender"):  # real unused fields: ignored
+        write_text(root, f"Attributes/{field}.txt", [f"{p} 0" for p in codes])
 
 
-def test_shopping100k_top_n_mapping_and_missing(shopping_dir):
-    rows, stats = read_shopping100k(str(shopping_dir), top_n=2, fam_eval_size=0)
-    # Top-2 by image count; ties in count broken by name. Olive has no natural match: it takes
-    # the first canonical color not already used (black is), i.e. white. Print likewise -> striped.
-    assert stats.class_maps == {
-        "shape": {"T-shirt": "t-shirt", "Dress": "dress"},
-        "color": {"Black": "black", "Olive": "white"},
-        "pattern": {"Plain": "solid", "Print": "striped"},
-    }
-    assert stats.labels_dropped == {"shape": 1, "color": 1, "pattern": 0}
+def test_shopping100k_real_line_format():
+    assert REAL_SHOPPING_LINE.split() == ["Male/1_Coats/0000095_13.jpg", "1"]
+    assert REAL_SHOPPING_LINE.split()[0] in SHOPPING_CODES
+
+
+def test_shopping100k_shipped_table_gives_no_guessed_label(tmp_path):
+    write_shopping(tmp_path)
+    rows, stats = read_shopping100k(str(tmp_path), fam_eval_size=0)
     rows = by_path(rows)
-    first = rows["Images/Male/1_Coats/0000001_1.jpg"]
-    assert (first["shape"], first["color"], first["pattern"]) == ("t-shirt", "black", "solid")
-    assert (first["domain"], first["instance_id"], first["split"]) == (
-        "shop", "Male/1_Coats/0000001_1", "attribute_train")
-    outside = rows["Images/Female/2_Dresses/0000006_1.jpg"]  # shape and color outside top-2
-    assert (outside["shape"], outside["color"], outside["pattern"]) == ("", "", "striped")
-    assert rows["Images/Female/2_Dresses/0000007_1.jpg"]["split"] == "unlabelled"
+    # Category from the folder name; no color/pattern code has a published name: all missing.
+    assert {p: (r["shape"], r["color"], r["pattern"]) for p, r in rows.items()} == {
+        "Images/Male/1_Coats/0000095_13.jpg": ("coat", "", ""),
+        "Images/Male/1_Coats/0000096_13.jpg": ("coat", "", ""),
+        "Images/Female/4_Dresses/0000301_2.jpg": ("dress", "", ""),
+        "Images/Female/4_Dresses/0000302_2.jpg": ("dress", "", ""),
+        "Images/Female/9_Tracksuit_Bottoms/0000501_1.jpg": ("", "", ""),  # no canonical match
+    }
+    assert stats.class_maps["shape"] == {"Coats": "coat", "Dresses": "dress"}
+    assert stats.labels_missing == {"color code with no published name": 5,
+                                    "pattern code with no published name": 4}
+    assert stats.first_label_missing["color code with no published name"].endswith(
+        "color.txt: line 1")
+    assert rows["Images/Male/1_Coats/0000095_13.jpg"]["instance_id"] == "Male/1_Coats/0000095_13"
+    assert rows["Images/Female/9_Tracksuit_Bottoms/0000501_1.jpg"]["split"] == "unlabelled"
 
 
-def test_shopping100k_class_table_override_and_fam_eval(shopping_dir):
-    rows, stats = read_shopping100k(str(shopping_dir), top_n=2, fam_eval_size=3, seed=1,
-                                    class_table={"color": {"olive": "green"}})
-    assert stats.class_maps["color"]["Olive"] == "green"
+def test_shopping100k_named_codes_map_and_bom_crlf(tmp_path):
+    write_shopping(tmp_path, bom=True, crlf=True)
+    rows, stats = read_shopping100k(str(tmp_path), fam_eval_size=0, code_table=NAMED)
+    rows = by_path(rows)
+    first = rows["Images/Male/1_Coats/0000095_13.jpg"]  # the BOM line keeps its labels
+    assert (first["shape"], first["color"], first["pattern"]) == ("coat", "black", "solid")
+    assert rows["Images/Male/1_Coats/0000096_13.jpg"]["color"] == "navy"
+    # Olive has no canonical class: missing, never moved onto an unused one.
+    assert rows["Images/Female/9_Tracksuit_Bottoms/0000501_1.jpg"]["color"] == ""
+    assert stats.class_maps["color"] == {"Black": "black", "Navy": "navy"}
+    assert stats.class_maps["pattern"] == {"Plain": "solid", "Striped": "striped"}
+    assert not stats.skipped
+
+
+@pytest.mark.parametrize("bad", ["99", "16"])
+def test_shopping100k_out_of_range_code_changes_no_other_row(tmp_path, bad):
+    write_shopping(tmp_path)
+    good, _ = read_shopping100k(str(tmp_path), fam_eval_size=0, code_table=NAMED)
+    with open(tmp_path / "Attributes/pattern.txt", "a") as f:
+        f.write(f"Male/1_Coats/0000097_13.jpg {bad}\n")
+    write_jpegs(tmp_path / "Images", ["Male/1_Coats/0000097_13.jpg"])
+    rows, stats = read_shopping100k(str(tmp_path), fam_eval_size=0, code_table=NAMED)
+    rows = by_path(rows)
+    assert all(rows[r["path"]] == r for r in good)
+    assert rows["Images/Male/1_Coats/0000097_13.jpg"]["pattern"] == ""
+    reason = "pattern code out of range (the field has 16 values)"
+    assert stats.labels_missing[reason] == 1
+    assert stats.first_label_missing[reason].endswith("pattern.txt: line 6")
+
+
+@pytest.mark.parametrize("bad", ["-2", "Black", "1.5"])
+def test_shopping100k_non_code_is_a_file_line_error(tmp_path, bad):
+    write_shopping(tmp_path)
+    with open(tmp_path / "Attributes/color.txt", "a") as f:
+        f.write(f"Male/1_Coats/0000097_13.jpg {bad}\n")
+    with pytest.raises(ManifestError, match=r"color.txt: line 6: color code .* is not a value code"):
+        read_shopping100k(str(tmp_path))
+
+
+def test_shopping100k_paths_inside_accepted_escaping_refused(tmp_path):
+    write_shopping(tmp_path)
+    write_text(tmp_path, "Attributes/category.txt",
+               ["Male/../../Images/Male/1_Coats/0000095_13.jpg 1",
+                "Images/Male/1_Coats/0000096_13.jpg 1"])
+    rows, _ = read_shopping100k(str(tmp_path), fam_eval_size=0)
+    assert by_path(rows)["Images/Male/1_Coats/0000095_13.jpg"]["shape"] == "coat"
+    write_text(tmp_path, "Attributes/category.txt", ["Male/../../../x.jpg 1"])
+    with pytest.raises(ManifestError, match=r"category.txt: line 1: image path .* escapes"):
+        read_shopping100k(str(tmp_path))
+
+
+def test_shopping100k_category_file_absent_uses_folders(tmp_path):
+    write_shopping(tmp_path)
+    os.remove(tmp_path / "Attributes/category.txt")
+    rows, _ = read_shopping100k(str(tmp_path), fam_eval_size=0)
+    assert by_path(rows)["Images/Female/4_Dresses/0000301_2.jpg"]["shape"] == "dress"
+
+
+def test_shopping100k_fam_eval_and_manifest(tmp_path):
+    write_shopping(tmp_path)
+    rows, _ = read_shopping100k(str(tmp_path), top_n=2, fam_eval_size=2, seed=1, code_table=NAMED)
     fam = [r for r in rows if r["split"] == "fam_eval"]
-    # Dense after mapping: images 1-4 only; 3 of them are sampled.
-    assert len(fam) == 3 and all(r["shape"] and r["color"] and r["pattern"] for r in fam)
-    assert {r["role"] for r in fam} == {"fam_query;fam_gallery"}
-    out = shopping_dir / "manifest.csv"
-    build_manifest("shopping100k", str(shopping_dir), str(out), top_n=2, fam_eval_size=3, seed=1)
-    manifest = read_manifest(str(out))
-    assert manifest.has_role("fam_query").sum() == 3
-    assert sorted(manifest.split("fam_eval")["path"]) == sorted(r["path"] for r in fam)
+    assert len(fam) == 2 and all(r["shape"] and r["color"] and r["pattern"] for r in fam)
+    out = tmp_path / "manifest.csv"
+    build_manifest("shopping100k", str(tmp_path), str(out), top_n=2, fam_eval_size=2, seed=1,
+                   code_table=NAMED)
+    assert read_manifest(str(out)).has_role("fam_query").sum() == 2
 
 
-def test_shopping100k_errors(shopping_dir):
-    with open(shopping_dir / "Attributes/color.txt", "a") as f:
-        f.write("Male/1_Coats/0000008_1.jpg Black extra\n")
-    with pytest.raises(ManifestError, match=r"color.txt: line 8: expected 2 fields"):
-        read_shopping100k(str(shopping_dir))
-    os.remove(shopping_dir / "Attributes/pattern.txt")
+def test_shopping100k_errors(tmp_path):
+    write_shopping(tmp_path)
+    with open(tmp_path / "Attributes/color.txt", "a") as f:
+        f.write("Male/1_Coats/0000097_13.jpg\n")
+    with pytest.raises(ManifestError, match=r"color.txt: line 6: expected 2 fields"):
+        read_shopping100k(str(tmp_path))
+    (tmp_path / "Attributes/color.txt").write_bytes(b"Male/x.jpg \xff\n")
+    with pytest.raises(ManifestError, match=r"color.txt: line 1: not UTF-8"):
+        read_shopping100k(str(tmp_path))
+    os.remove(tmp_path / "Attributes/pattern.txt")
     with pytest.raises(FileNotFoundError, match="pattern.txt"):
-        read_shopping100k(str(shopping_dir), field_map={"color": None})
+        read_shopping100k(str(tmp_path), field_map={"color": None})
+    with pytest.raises(FileNotFoundError, match="Attributes"):
+        read_shopping100k(str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="Unknown attribute type for source field 'category'"):
-        read_shopping100k(str(shopping_dir), field_map={"category": "shap"})
+        read_shopping100k(str(tmp_path), field_map={"category": "shap"})
     with pytest.raises(ValueError, match="both map to attribute type 'color'"):
-        read_shopping100k(str(shopping_dir), field_map={"collar": "color"})
+        read_shopping100k(str(tmp_path), field_map={"collar": "color"})
     with pytest.raises(ValueError, match="Unknown pattern value"):
-        read_shopping100k(str(shopping_dir), class_table={"pattern": {"print": "paisley"}})
+        read_shopping100k(str(tmp_path), class_table={"pattern": {"print": "paisley"}})
+    with pytest.raises(ValueError, match=r"expected code"):
+        read_shopping100k(str(tmp_path), code_table={"fields": {"color": {"codes": {"x": "Red"}}}})
+
+
+def test_shopping100k_images_missing_names_where_it_looked(tmp_path):
+    write_shopping(tmp_path)
+    shutil.rmtree(tmp_path / "Images")
+    with pytest.raises(ManifestError, match=r"no images read.*Looked for .* under .*Images/"):
+        read_shopping100k(str(tmp_path))
 
 
 # ------------------------------------------------------------------------------------------ DARN
-
-DARN_COLORS = ("black", "red", "rose_red")
-DARN_PATTERNS = ("solid_color", "flower", "abstract")
+# DARN's reader tests (ASEN++ layout, real label lines, error paths) are in tests/test_darn.py.
 
 
 @pytest.fixture
 def darn_dir(tmp_path):
-    """30 images: 24 densely labelled, 6 with sparse or no labels; fid 029 has no label line."""
-    labels, images = [], []
-    for i in range(30):
-        fid = f"{i:03d}"
-        images.append(f"{fid} images/{fid}.jpg")
-        if i == 29:
-            continue
-        category = "hoodies" if i % 2 else "sweater"
-        color = DARN_COLORS[i % 3] if i < 24 else "-1"
-        pattern = DARN_PATTERNS[i % 3] if i < 26 else "-1"
-        labels.append(f"{fid} clothes_category {category} clothes_color {color} "
-                      f"clothes_pattern {pattern} sleeve_length long")
-    labels.append("999 clothes_category sweater")  # labelled fid without an image
-    write_text(tmp_path, "label_train.txt", labels)
-    write_text(tmp_path, "filename_train.txt", images)
-    write_jpegs(tmp_path, [f"images/{i:03d}.jpg" for i in range(30)])
+    """30 DARN images in the ASEN++ layout, 29 labelled (category, color, pattern), 1 not."""
+    names = [f"pic/{i:03d}.jpg" for i in range(30)]
+    write_text(tmp_path, "filenames_train.txt", names)
+    write_text(tmp_path, "label_train.txt",
+               [f"{i}\t0\t{i % 2}\t2\t{i % 3}\t4\t{i % 3}" for i in range(29)])
+    write_jpegs(tmp_path, names)
     return tmp_path
-
-
-def test_darn_mapping_fam_sampling_and_counts(darn_dir):
-    rows, stats = read_darn(str(darn_dir), top_n=3, fam_eval_size=5, seed=7)
-    assert stats.class_maps["shape"] == {"hoodies": "hoodie", "sweater": "sweater"}
-    assert stats.class_maps["pattern"] == {"abstract": "striped", "flower": "floral",
-                                           "solid_color": "solid"}
-    assert stats.class_maps["color"]["rose_red"] == "white"  # first unused canonical color
-    assert stats.skipped == {"labelled fid missing from the image lists": 1}
-    rows = by_path(rows)
-    assert len(rows) == 30
-    first = rows["images/000.jpg"]
-    assert (first["instance_id"], first["domain"]) == ("000", "street")
-    assert (first["shape"], first["color"], first["pattern"]) == ("sweater", "black", "solid")
-    assert rows["images/029.jpg"]["split"] == "unlabelled"
-    fam = {p for p, r in rows.items() if r["split"] == "fam_eval"}
-    assert len(fam) == 5 and fam <= {f"images/{i:03d}.jpg" for i in range(24)}
-    assert {r["role"] for r in rows.values() if r["split"] == "attribute_train"} == {""}
-    # Deterministic by seed; another seed draws another sample.
-    again, _ = read_darn(str(darn_dir), top_n=3, fam_eval_size=5, seed=7)
-    assert {r["path"] for r in again if r["split"] == "fam_eval"} == fam
-    other, _ = read_darn(str(darn_dir), top_n=3, fam_eval_size=5, seed=8)
-    assert {r["path"] for r in other if r["split"] == "fam_eval"} != fam
-
-
-def test_darn_top_n_makes_rare_labels_missing(darn_dir):
-    rows, stats = read_darn(str(darn_dir), top_n=2, fam_eval_size=0)
-    assert set(stats.class_maps["color"]) == {"black", "red"}
-    assert stats.labels_dropped["color"] == 8  # rose_red: i % 3 == 2 for i < 24
-    rose = by_path(rows)["images/002.jpg"]
-    assert rose["color"] == "" and rose["shape"] == "sweater"
-
-
-@pytest.mark.parametrize("line, error, message", [
-    ("000 clothes_category sweater clothes_colour red", ManifestError,
-     r"label_train.txt: line 2: unknown attribute field 'clothes_colour'"),
-    ("000 clothes_category sweater clothes_color", ManifestError,
-     r"label_train.txt: line 2: expected <fid> followed by <field> <value> pairs, got 4"),
-    ("000 clothes_color red clothes_color black", ManifestError,
-     r"label_train.txt: line 2: a field appears twice"),
-])
-def test_darn_bad_label_lines(tmp_path, line, error, message):
-    write_text(tmp_path, "filename_train.txt", ["000 images/000.jpg"])
-    write_text(tmp_path, "label_train.txt", ["001 clothes_color red", line])
-    with pytest.raises(error, match=message):
-        read_darn(str(tmp_path), check_images=False)
-
-
-def test_darn_bad_image_lists(tmp_path):
-    write_text(tmp_path, "label_train.txt", ["000 clothes_color red"])
-    with pytest.raises(FileNotFoundError, match=r"filename\*.txt"):
-        read_darn(str(tmp_path))
-    write_text(tmp_path, "filename_train.txt", ["000 ../../etc/passwd"])
-    with pytest.raises(ManifestError, match=r"filename_train.txt: line 1: .* escapes"):
-        read_darn(str(tmp_path))
-    write_text(tmp_path, "filename_train.txt", ["000 images/a.jpg", "001 images/a.jpg"])
-    with pytest.raises(ManifestError, match=r"line 2: image 'images/a.jpg' listed for fid '001'"):
-        read_darn(str(tmp_path))
 
 
 # ---------------------------------------------------------------------------- shared and CLI
@@ -351,3 +402,72 @@ def test_cli_smoke_and_readers_import_no_tensorflow(darn_dir):
     assert "Wrote 30 rows" in result.stdout
     manifest = read_manifest(str(out))
     assert len(manifest.split("fam_eval")) == 4
+
+
+def run_cli(*args):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "-m", "flam_tf.data.readers", *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_bad_input_is_one_line_exit_2_and_verbose_traceback(tmp_path):
+    write_shopping(tmp_path)
+    with open(tmp_path / "Attributes/color.txt", "a") as f:
+        f.write("Male/1_Coats/0000097_13.jpg 99x\n")
+    args = ("--source", "shopping100k", "--data_dir", str(tmp_path), "--out",
+            str(tmp_path / "manifest.csv"))
+    result = run_cli(*args)
+    assert result.returncode == 2
+    errors = [l for l in result.stderr.splitlines() if "error:" in l]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+    assert "color.txt: line 6: color code '99x' is not a value code" in errors[0]
+    verbose = run_cli(*args, "--verbose")
+    assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+    missing = run_cli("--source", "deepfashion_inshop", "--data_dir", str(tmp_path / "no"),
+                      "--out", str(tmp_path / "m.csv"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "Eval/list_eval_partition.txt" in missing.stderr
+
+
+def test_cli_class_table_and_summary(tmp_path):
+    write_shopping(tmp_path)
+    table = tmp_path / "codes.json"
+    table.write_text(json.dumps(NAMED))
+    result = run_cli("--source", "shopping100k", "--data_dir", str(tmp_path), "--out",
+                     str(tmp_path / "manifest.csv"), "--fam_eval_size", "0",
+                     "--class_table", str(table))
+    assert result.returncode == 0, result.stderr
+    assert "color classes (source -> canonical): {'Black': 'black', 'Navy': 'navy'}" in result.stdout
+    assert "Summary:" in result.stdout  # Olive and Tracksuit_Bottoms: no canonical class
+    assert "1 color labels outside the kept top-N classes set to missing" in result.stdout
+    table.write_text("{not json")
+    bad = run_cli("--source", "shopping100k", "--data_dir", str(tmp_path), "--out",
+                  str(tmp_path / "manifest.csv"), "--class_table", str(table))
+    assert bad.returncode == 2 and "codes.json: line 1: not JSON" in bad.stderr
+
+
+def test_class_table_options_name_the_right_reader_option(tmp_path):
+    darn = tmp_path / "darn.json"
+    darn.write_text('\ufeff{"shape": {"3": "dress"}}', encoding="utf-8")
+    assert readers.class_table_options("darn", str(darn)) == {
+        "class_table": {"shape": {"3": "dress"}}}
+    codes = tmp_path / "codes.json"
+    codes.write_text('{"fields": {"color": {"num_values": 19, "codes": {"0": "Black"}}}}')
+    assert set(readers.class_table_options("shopping100k", str(codes))) == {"code_table"}
+    with pytest.raises(ValueError, match="shopping100k and darn only"):
+        readers.class_table_options("deepfashion_inshop", str(darn))
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"shape": ')
+    with pytest.raises(ValueError, match=r"broken.json: line 1: not valid JSON"):
+        readers.class_table_options("darn", str(broken))
+    from flam_tf import config as config_lib
+    config = config_lib.get_preset("smoke")
+    config.data.class_table = str(darn)
+    with pytest.raises(ValueError, match="applies to a darn or shopping100k attribute_source"):
+        config.validate()
+    config.data.attribute_source, config.data.extractor_source = "darn", "deepfashion_inshop"
+    config.data.attribute_data_dir = config.data.extractor_data_dir = str(tmp_path)
+    config.validate()
+    config.data.class_table = str(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="no such file"):
+        config.validate()

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from flam_tf import config as config_lib
 from flam_tf import epoch_backup
+from flam_tf import models  # noqa: F401  (registers the classes load_model needs)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINING = ("data", "extractor", "features", "embedders", "manipulator", "baselines", "evaluate")

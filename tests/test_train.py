@@ -306,12 +306,11 @@ def _tiny_real_sources(root):
         f.write("\n".join([str(len(entries)), "image_name item_id evaluation_status", *entries]))
     os.makedirs(os.path.join(root, "darn"))
     with open(os.path.join(root, "darn", "label_train.txt"), "w") as labels, \
-            open(os.path.join(root, "darn", "filename_train.txt"), "w") as names:
-        for i in range(6):
-            labels.write(f"{i:03d} clothes_category sweater clothes_color black "
-                         f"clothes_pattern flower\n")
-            names.write(f"{i:03d} images/{i:03d}.jpg\n")
-            jpeg(os.path.join(root, "darn", "images", f"{i:03d}.jpg"))
+            open(os.path.join(root, "darn", "filenames_train.txt"), "w") as names:
+        for i in range(6):  # the DARN layout of ASEN/ASEN++ (see flam_tf/data/readers/darn.py)
+            labels.write(f"{i}\t0\t0\t2\t0\t4\t0\n")
+            names.write(f"pic/{i:03d}.jpg\n")
+            jpeg(os.path.join(root, "darn", "pic", f"{i:03d}.jpg"))
     jpeg(os.path.join(root, "extra", "a.jpg"))
     return ["--preset=smoke", "--stages=data", "--data_fam_eval_size=2",
             "--data_extractor_source=deepfashion_inshop",

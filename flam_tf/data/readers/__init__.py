@@ -28,13 +28,45 @@ READERS = {
 }
 
 
-def build_manifest(source: str, data_dir: str, out_path: str, **options) -> ReadStats:
+def class_table_options(source: str, path: str) -> dict:
+    """The reader options that name a source's class codes from the JSON file `path`:
+    Shopping100k a code table (`shopping100k_codes.json`'s format, merged over it), DARN a
+    class table ({type: {class id: canonical class}}). Errors name the file.
+
+    Raises:
+        ValueError: a source without class codes, or a malformed file.
+        FileNotFoundError: `path` does not exist.
+    """
+    import json
+
+    if source not in ("shopping100k", "darn"):
+        raise ValueError(f"A class table applies to shopping100k and darn only. Received: "
+                         f"source={source!r}")
+    if source == "shopping100k":
+        from flam_tf.data.readers.shopping100k import load_code_table
+
+        load_code_table(path)  # validates; errors name the file
+    with open(path, encoding="utf-8-sig") as f:
+        try:
+            table = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {e.lineno}: not valid JSON: {e.msg}") from None
+    if source == "darn" and not (isinstance(table, dict) and all(
+            isinstance(v, dict) for v in table.values())):
+        raise ValueError(f"{path}: expected {{type: {{class id: canonical class}}}}")
+    return {"code_table": table} if source == "shopping100k" else {"class_table": table}
+
+
+def build_manifest(source: str, data_dir: str, out_path: str, warn_outside: bool = True,
+                   **options) -> ReadStats:
     """Reads data set `source` from `data_dir` and writes its manifest to `out_path`.
 
     Args:
         source: one of READERS.
         data_dir: the data set's directory in its published layout.
         out_path: the manifest.csv to write (best inside `data_dir`; see the module docstring).
+        warn_outside: log a warning when `out_path` is outside `data_dir` (callers that read it
+            back with `root=data_dir`, as the train job does, pass False).
         **options: passed to the reader, e.g. top_n, fam_eval_size, seed.
 
     Returns:
@@ -49,11 +81,11 @@ def build_manifest(source: str, data_dir: str, out_path: str, **options) -> Read
     rows, stats = READERS[source](data_dir, **options)
     write_manifest(out_path, rows, extra_columns=("role",))
     out_dir = os.path.dirname(os.path.abspath(out_path))
-    if out_dir != os.path.abspath(data_dir):
+    if warn_outside and out_dir != os.path.abspath(data_dir):
         logging.warning("Manifest %s is outside %s; read it with read_manifest(path, root=%r)",
                         out_path, data_dir, data_dir)
     return stats
 
 
-__all__ = ["READERS", "ReadStats", "build_manifest", "read_darn", "read_deepfashion_c2s",
+__all__ = ["READERS", "ReadStats", "build_manifest", "class_table_options", "read_darn", "read_deepfashion_c2s",
            "read_deepfashion_inshop", "read_shopping100k"]

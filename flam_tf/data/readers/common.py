@@ -40,6 +40,10 @@ class ReadStats:
         labels_dropped: attribute type -> labels made missing because their source class is not
             among the top-N classes.
         class_maps: attribute type -> {source class: canonical class} for the kept top-N classes.
+        labels_missing: reason -> number of single labels set to missing for that reason (the row
+            is kept; e.g. an attribute code with no published name).
+        first_label_missing: reason -> where (file: line) the reason first occurred.
+        hint: what the reader looked for, added to the "no images read" error.
     """
 
     source: str
@@ -49,6 +53,35 @@ class ReadStats:
     merged: int = 0
     labels_dropped: Dict[str, int] = dataclasses.field(default_factory=dict)
     class_maps: Dict[str, Dict[str, str]] = dataclasses.field(default_factory=dict)
+    labels_missing: Dict[str, int] = dataclasses.field(default_factory=dict)
+    first_label_missing: Dict[str, str] = dataclasses.field(default_factory=dict)
+    hint: str = ""
+
+    def missing_label(self, reason: str, where: str) -> None:
+        """Counts one label made missing under `reason` (its row is kept); `where`: file and line."""
+        self.labels_missing[reason] = self.labels_missing.get(reason, 0) + 1
+        self.first_label_missing.setdefault(reason, where)
+
+    def summary(self) -> List[str]:
+        """One line per fact: rows by split, merged mentions, skips and missing labels with counts
+        and first place, labels outside the top-N."""
+        lines = [f"{self.source}: {sum(self.rows_by_split.values())} rows by split "
+                 f"{self.rows_by_split}"]
+        if self.merged:
+            lines.append(f"{self.source}: merged {self.merged} repeated mentions of listed images")
+        for reason, count in self.skipped.items():
+            lines.append(f"{self.source}: skipped {count} ({reason}); first at "
+                         f"{self.first_skipped[reason]}")
+        for reason, count in self.labels_missing.items():
+            lines.append(f"{self.source}: {count} labels set to missing ({reason}); first at "
+                         f"{self.first_label_missing[reason]}")
+        for attribute, count in self.labels_dropped.items():
+            if count:
+                lines.append(f"{self.source}: {count} {attribute} labels outside the kept top-N "
+                             "classes set to missing (rarer, or no canonical match)")
+        if len(lines) == 1:
+            lines.append(f"{self.source}: nothing skipped")
+        return lines
 
     def skip(self, reason: str, where: str) -> None:
         """Counts one skipped image or line under `reason`; `where` is its file and line."""
@@ -63,7 +96,8 @@ class ReadStats:
         """
         if not rows:
             raise ManifestError(f"{self.source}: no images read; skipped {self.skipped} (first "
-                                f"at {self.first_skipped}). Is data_dir the right directory?")
+                                f"at {self.first_skipped}). Is data_dir the right directory?"
+                                + (f" {self.hint}" if self.hint else ""))
         self.rows_by_split = dict(collections.Counter(r["split"] for r in rows))
         logging.info("%s: %d manifest rows by split: %s", self.source, len(rows),
                      self.rows_by_split)
@@ -73,6 +107,9 @@ class ReadStats:
         for reason, count in self.skipped.items():
             logging.warning("%s: skipped %d (%s); first at %s", self.source, count, reason,
                             self.first_skipped[reason])
+        for reason, count in self.labels_missing.items():
+            logging.warning("%s: %d labels set to missing (%s); first at %s", self.source, count,
+                            reason, self.first_label_missing[reason])
         for attribute, count in self.labels_dropped.items():
             if count:
                 logging.warning("%s: %d %s labels outside the top-N classes set to missing",
@@ -115,18 +152,41 @@ def expand_files(data_dir: str, names: Sequence[str]) -> List[str]:
     return files
 
 
+def iter_lines(path: str, first_line: int = 1) -> Iterator[Tuple[str, str]]:
+    """Yields (`"<path>: line <n>"`, the line stripped) for the non-blank lines of `path`.
+
+    UTF-8 with or without a byte-order mark; LF, CRLF or CR line ends.
+
+    Args:
+        path: a text file (FileNotFoundError naming it if missing).
+        first_line: 1-based number of the first line to yield (to skip headers).
+
+    Raises:
+        ManifestError: a line that is not UTF-8, naming the file and line.
+    """
+    with open(require_file(path), "rb") as f:
+        data = f.read()
+    for number, raw in enumerate(data.splitlines(), start=1):
+        where = f"{path}: line {number}"
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise ManifestError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        if number >= first_line and line:
+            yield where, line
+
+
 def read_fields(path: str, first_line: int = 1) -> Iterator[Tuple[str, List[str]]]:
     """Yields (`"<path>: line <n>"`, whitespace-split fields) for the non-blank lines of `path`.
+
+    Same decoding rules and errors as `iter_lines` (BOM and CRLF tolerated).
 
     Args:
         path: a text file (FileNotFoundError if missing).
         first_line: 1-based number of the first line to yield (to skip headers).
     """
-    with open(require_file(path), encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            fields = line.split()
-            if number >= first_line and fields:
-                yield f"{path}: line {number}", fields
+    for where, line in iter_lines(path, first_line):
+        yield where, line.split()
 
 
 def expect_fields(fields: Sequence[str], count: int, where: str, layout: str) -> None:
@@ -136,8 +196,16 @@ def expect_fields(fields: Sequence[str], count: int, where: str, layout: str) ->
             f"{where}: expected {count} fields ({layout}), got {len(fields)}: {' '.join(fields)!r}")
 
 
-def safe_relpath(path: str, where: str) -> str:
+def safe_relpath(path: str, where: str, base: str = "") -> str:
     """Normalizes an image path from a source file to a `/`-separated path inside the data dir.
+
+    Args:
+        path: the path as written in the source file.
+        where: its file and line, for the error message.
+        base: the directory (relative to the data dir) the source's paths are relative to, e.g.
+            "Images"; the path is joined to it *before* normalizing, so `..` that stays inside
+            the data dir is accepted (`Male/../../Images/Male/x.jpg` under "Images" is
+            `Images/Male/x.jpg`).
 
     Raises:
         ManifestError: at `where`, for an absolute path or one whose `..` leaves the data dir.
@@ -146,7 +214,7 @@ def safe_relpath(path: str, where: str) -> str:
     if unix.startswith("/") or re.match(r"^[A-Za-z]:", unix):
         raise ManifestError(f"{where}: absolute image path {path!r}; expected a path relative to "
                             "the data directory")
-    normalized = posixpath.normpath(unix)
+    normalized = posixpath.normpath(posixpath.join(base, unix) if base else unix)
     if normalized == ".." or normalized.startswith("../"):
         raise ManifestError(f"{where}: image path {path!r} escapes the data directory")
     return normalized
@@ -241,20 +309,24 @@ def resolve_class_table(default: Mapping[str, Mapping[str, str]],
 
 
 def map_top_classes(counts: Mapping[str, int], attribute: str, top_n: int,
-                    table: Mapping[str, str]) -> Dict[str, str]:
+                    table: Mapping[str, str], fallback: bool = True) -> Dict[str, str]:
     """Keeps the `top_n` most frequent source classes and maps each onto a canonical class.
 
     A source class takes, in order of preference: its entry in `table` (normalized names), the
     canonical class of the same normalized name. Each canonical class is used once; the more
     frequent source class wins a contested one. The k-th most frequent source class left unmatched
     then takes the k-th still unused canonical class (in vocabulary order), and the mapping is
-    logged so the user sees it.
+    logged so the user sees it. With `fallback=False` (a source whose class names are known) an
+    unmatched class is never given a class: its labels become missing, and the top-N are chosen
+    among the classes that do match.
 
     Args:
         counts: source class -> number of images with that label.
         attribute: the attribute type ("shape", "color" or "pattern").
         top_n: how many classes to keep, 1 to the vocabulary size.
         table: normalized source class name -> canonical class.
+        fallback: map unmatched top-N classes onto unused canonical classes (for sources whose
+            classes are anonymous ids); False leaves them out (their labels become missing).
 
     Returns:
         {source class: canonical class} for the kept classes; every other class becomes missing.
@@ -263,16 +335,32 @@ def map_top_classes(counts: Mapping[str, int], attribute: str, top_n: int,
     if not 1 <= top_n <= len(canonical):
         raise ValueError(f"top_n must be in [1, {len(canonical)}]. Received: top_n={top_n}")
     by_name = {normalize_class_name(c): c for c in canonical}
-    top = sorted(counts, key=lambda c: (-counts[c], c))[:top_n]  # ties broken by name
+
+    def target_of(source_class):
+        key = normalize_class_name(source_class)
+        return table.get(key, by_name.get(key))
+
+    candidates = counts if fallback else [c for c in counts if target_of(c) is not None]
+    if not fallback:
+        for source_class in sorted(set(counts) - set(candidates)):
+            logging.warning("%s class %r has no canonical match; its %d labels set to missing",
+                            attribute, source_class, counts[source_class])
+    top = sorted(candidates, key=lambda c: (-counts[c], c))[:top_n]  # ties broken by name
     mapping: Dict[str, str] = {}
     unmatched = []
     for source_class in top:
-        key = normalize_class_name(source_class)
-        target = table.get(key, by_name.get(key))
+        target = target_of(source_class)
         if target is not None and target not in mapping.values():
             mapping[source_class] = target
         else:
             unmatched.append(source_class)
+    if not fallback:
+        for source_class in unmatched:
+            logging.warning("%s class %r maps onto %r, already taken by a more frequent class; "
+                            "its labels set to missing", attribute, source_class,
+                            target_of(source_class))
+        top = [c for c in top if c in mapping]
+        unmatched = []
     unused = [c for c in canonical if c not in mapping.values()]
     for source_class, target in zip(unmatched, unused):
         mapping[source_class] = target
@@ -302,18 +390,19 @@ def sample_fam_eval(rows: List[Row], size: int, seed: int) -> None:
 def label_attribute_rows(records: Sequence[Tuple[str, str, Mapping[str, str]]],
                          stats: ReadStats, domain: str, top_n: int,
                          class_table: Mapping[str, Mapping[str, str]],
-                         fam_eval_size: int, seed: int) -> List[Row]:
+                         fam_eval_size: int, seed: int, fallback: bool = True) -> List[Row]:
     """Turns (path, instance_id, {type: source class}) records into attribute-set manifest rows.
 
     Per type, only the `top_n` source classes by image count are kept (mapped by
     `map_top_classes`); other labels become missing. Rows with at least one label go to
     attribute_train, rows with none to unlabelled; then `fam_eval_size` dense rows move to fam_eval.
+    `fallback`: as in `map_top_classes` (False: an unmatched source class becomes missing).
     """
     rows = []
     for attribute in vocabulary.ATTRIBUTE_TYPES:
         counts = collections.Counter(r[2][attribute] for r in records if attribute in r[2])
         stats.class_maps[attribute] = map_top_classes(counts, attribute, top_n,
-                                                      class_table[attribute])
+                                                      class_table[attribute], fallback)
         stats.labels_dropped[attribute] = sum(
             n for c, n in counts.items() if c not in stats.class_maps[attribute])
     for path, instance_id, source_labels in records:
