@@ -113,11 +113,9 @@ def run(config: config_lib.ExperimentConfig, run_dir: str, stages=config_lib.STA
     run_directory.check_or_write_config(config)
 
     import_tensorflow_quietly()
-    import keras
-
     from flam_tf import distribute, stages as stages_lib
 
-    keras.utils.set_random_seed(config.runtime.seed)
+    # No process-wide seed here: each stage seeds itself from the run seed and its name.
     strategy = distribute.get_strategy(config.runtime.strategy)
     print(f"flam_tf: preset={config.preset} run_dir={run_directory.root} "
           f"strategy={config.runtime.strategy} replicas={strategy.num_replicas_in_sync}",
