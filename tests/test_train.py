@@ -390,3 +390,21 @@ def test_verify_images_names_file_line_and_count(tmp_path):
     with pytest.raises(ValueError, match=r"^2 of 6 .*:3: missing.png.*:7: gone.png"):
         manifest_lib.verify_images(m, decode=False)
     assert manifest_lib.image_size((tmp_path / "big.jpg").read_bytes()) == (30, 40)
+
+
+def test_verify_images_refuses_a_gif_whose_frame_exceeds_the_limit_without_decoding_it(tmp_path):
+    """The data stage's decode pass uses the pipeline's bounded decoder: a GIF with a 1 x 1
+    logical screen (all the header size check reads) and a 20,000 x 20,000 frame is refused by
+    the frame's size, not decoded."""
+    from flam_tf.data import manifest as manifest_lib
+    from test_hostile_input import gif_bytes
+
+    (tmp_path / "bomb.gif").write_bytes(gif_bytes((1, 1), [(20000, 20000)]))
+    path = tmp_path / "manifest.csv"
+    path.write_text("path,instance_id,domain,split,shape,color,pattern\n"
+                    "bomb.gif,i0,shop,unlabelled,,,\n")
+    m = manifest_lib.read_manifest(str(path))
+    assert manifest_lib.image_size((tmp_path / "bomb.gif").read_bytes()) == (1, 1)
+    with pytest.raises(ValueError, match=r"bomb.gif: not a decodable image \(.*Image of 20000 x "
+                                         r"20000 pixels exceeds"):
+        manifest_lib.verify_images(m, max_image_pixels=4096 * 4096)

@@ -240,7 +240,7 @@ def verify_images(manifest: Manifest, max_image_pixels: Optional[int] = None,
                 continue
         readable.append(i)
     if decode and readable:
-        problems.update(_undecodable(images, readable))
+        problems.update(_undecodable(images, readable, max_image_pixels))
     if not problems:
         return
     bad = sorted(problems)
@@ -253,13 +253,25 @@ def verify_images(manifest: Manifest, max_image_pixels: Optional[int] = None,
     raise ValueError(f"{len(bad)} of {len(images)} images cannot be used: {named}{more}")
 
 
-def _undecodable(images: np.ndarray, rows: Sequence[int]) -> Dict[int, str]:
-    """{row: reason} of the images among `rows` that tf.io.decode_image cannot read."""
+def _undecodable(images: np.ndarray, rows: Sequence[int],
+                 max_image_pixels: Optional[int] = None) -> Dict[int, str]:
+    """{row: reason} of the images among `rows` that the input pipeline cannot decode.
+
+    With `max_image_pixels`, images go through the pipeline's bounded decoder
+    (`pipeline.decode_image`, which checks every GIF frame's size before decoding, not only the
+    screen size `image_size` reads), so this pass never decodes an image the pipeline refuses.
+    """
     import tensorflow as tf
 
+    from flam_tf.data import pipeline  # imports this module: not at the top
+
+    def decode(contents):
+        if max_image_pixels is None:
+            return tf.io.decode_image(contents, channels=3, expand_animations=False)
+        return pipeline.decode_image(contents, 1, max_image_pixels)
+
     def decodes(i, image):
-        decoded = tf.io.decode_image(tf.io.read_file(image), channels=3, expand_animations=False)
-        return i, tf.shape(decoded)
+        return i, tf.shape(decode(tf.io.read_file(image)))
 
     ds = tf.data.Dataset.from_tensor_slices((np.asarray(rows, np.int64), images[list(rows)]))
     ds = ds.map(decodes, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
@@ -272,7 +284,7 @@ def _undecodable(images: np.ndarray, rows: Sequence[int]) -> Dict[int, str]:
         out[i] = "not a decodable image"
         if len(out) <= 5:  # the decoder's own words for the first few (one line each)
             try:
-                tf.io.decode_image(tf.io.read_file(images[i]), channels=3, expand_animations=False)
+                decode(tf.io.read_file(images[i]))
             except (tf.errors.OpError, ValueError) as e:
                 reason = str(getattr(e, "message", e)).split("}}")[-1]  # drop TF's op prefix
                 reason = " ".join(reason.split(" [Op:")[0].split()).rstrip(". ")
