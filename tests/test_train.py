@@ -117,6 +117,8 @@ def test_twin_recall_recomputed_from_the_saved_features_and_model(smoke_run):
     """Identity and FLAM twin R@k from fam_gallery.npz and models/manipulator.keras, in numpy."""
     import keras
 
+    from flam_tf import models  # noqa: F401  (registers the classes load_model needs)
+
     run_dir, _ = smoke_run
     feature, labels, ids, twin_of, is_query = _fam_store(run_dir)
     model = keras.saving.load_model(os.path.join(run_dir, "models", "manipulator.keras"))
