@@ -33,6 +33,7 @@ class DataConfig:
     top_n_classes: int = 10  # real attribute sources: classes kept per attribute type
     fam_eval_size: int = 0  # real attribute sources: FAM evaluation images (0 = reader default)
     max_image_pixels: int = 4096 * 4096  # largest image (height x width) the input pipeline decodes
+    decode_cache_mb: int = 2048  # training images decoded once into RAM up to this size (0 = off)
 
 
 @dataclasses.dataclass
@@ -84,6 +85,7 @@ class ManipulatorConfig:
     distance_weight: float = 0.0  # weight of ||x~ - x||^2 (ours; 0 = off)
     retrieval_temperature: float = 0.07  # softmax temperature of the retrieval term
     memory_temperature: float = 0.05  # temperature with which the memory G reads classes off e
+    precision: str = "float32"  # float32 | mixed_bfloat16: G and D's Dense layers in bfloat16
     batch_size: int = 256  # features per batch (partners are chosen within it)
     epochs: int = 10  # passes over all training features (FLAM)
     paper_epochs: int = 40  # passes over all training features (the FLAM (paper) rows)
@@ -155,6 +157,9 @@ class ExperimentConfig:
         if self.manipulator.generator not in ("memory", "mlp"):
             raise ValueError(f"manipulator.generator must be 'memory' or 'mlp'. "
                              f"Received: {self.manipulator.generator!r}")
+        if self.manipulator.precision not in ("float32", "mixed_bfloat16"):
+            raise ValueError(f"manipulator.precision must be 'float32' or 'mixed_bfloat16'. "
+                             f"Received: {self.manipulator.precision!r}")
         if self.manipulator.target_sampling not in ("uniform", "partner"):
             raise ValueError(f"manipulator.target_sampling must be 'uniform' or 'partner'. "
                              f"Received: {self.manipulator.target_sampling!r}")
@@ -216,6 +221,7 @@ _NUMERIC_CHECKS = [(name, *check) for name, check in (
     ("data.top_n_classes", ((lambda v: 1 <= v <= 10), "in 1..10 (the vocabulary's classes)")),
     ("data.fam_eval_size", _at_least(0)),
     ("data.max_image_pixels", _at_least(1)),
+    ("data.decode_cache_mb", _at_least(0)),
     ("extractor.feature_dim", _at_least(1)),
     ("extractor.num_ce_classes", _at_least(1)),
     ("extractor.margin", _non_negative()),

@@ -159,11 +159,15 @@ def stage_extractor(ctx: Context) -> Dict[str, float]:
 
     c = ctx.config.extractor
     train = ctx.manifest.split("extractor_train")
-    ds, info = pipeline.pk_dataset(train, ctx.config.data.image_size, c.instances_per_batch,
+    d = ctx.config.data
+    ds, info = pipeline.pk_dataset(train, d.image_size, c.instances_per_batch,
                                    c.images_per_instance, c.num_ce_classes,
                                    seed=ctx.config.runtime.seed,
                                    skip_batches=ctx.resume_epoch("extractor") * c.steps_per_epoch,
-                                   max_pixels=ctx.config.data.max_image_pixels)
+                                   max_pixels=d.max_image_pixels,
+                                   decoded=pipeline.decode_cache(train, d.image_size,
+                                                                 d.decode_cache_mb * 2**20,
+                                                                 d.max_image_pixels))
     logging.info("extractor: %s", info)
     with ctx.strategy.scope():
         model = FeatureExtractor(backbone=c.backbone, pooling=c.pooling, feature_dim=c.feature_dim,
@@ -302,7 +306,8 @@ def manipulator_settings(config: config_lib.ManipulatorConfig, variant: str) -> 
                     retrieval_weight=config.retrieval_weight,
                     distance_weight=config.distance_weight,
                     retrieval_temperature=config.retrieval_temperature,
-                    memory_temperature=config.memory_temperature)
+                    memory_temperature=config.memory_temperature,
+                    precision=config.precision)
     if variant == FLAM:
         return settings
     matching, online, adversarial = PAPER_SWITCHES[variant]
@@ -407,10 +412,12 @@ def _train_pixel_baseline(ctx: Context, name: str, stem: str) -> float:
     train = m.select(m["split"] == "attribute_train")
     labels = label_matrix(train)
     size = ctx.config.data.image_size
+    d = ctx.config.data
     ds = pipeline.labelled_dataset(
         train, labels, size, c.pixel_batch_size, seed=ctx.config.runtime.seed,
         skip_batches=ctx.resume_epoch(stem) * c.pixel_steps_per_epoch,
-        max_pixels=ctx.config.data.max_image_pixels)
+        max_pixels=d.max_image_pixels,
+        decoded=pipeline.decode_cache(train, size, d.decode_cache_mb * 2**20, d.max_image_pixels))
     with ctx.strategy.scope():
         model = PixelConcat(_baseline_head(name, e.feature_dim, c), backbone=e.backbone,
                             pooling=e.pooling, feature_dim=e.feature_dim, image_size=size,

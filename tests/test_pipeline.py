@@ -94,3 +94,36 @@ def test_labelled_dataset_pairs_each_image_with_its_own_labels(bench):
     assert len(seen) > 5  # shuffled over the split, not the first rows only
     with pytest.raises(ValueError, match="labels"):
         pipeline.labelled_dataset(train, labels[:-1], 24, batch_size=5)
+
+
+def test_decode_cache_gives_the_same_batches_as_decoding_files(bench):
+    """The decoded-image cache only moves where pixels come from: same images, same labels."""
+    m, _ = bench
+    train = m.split("extractor_train")
+    decoded = pipeline.decode_cache(train, 24, budget_bytes=2**30)
+    assert decoded.dtype == np.uint8 and decoded.shape == (len(train), 24, 24, 3)
+    from_files, _ = pipeline.pk_dataset(train, 24, 4, 2, 5, seed=3, skip_batches=2)
+    from_cache, _ = pipeline.pk_dataset(train, 24, 4, 2, 5, seed=3, skip_batches=2,
+                                        decoded=decoded)
+    for (a, la), (b, lb) in zip(from_files.take(3), from_cache.take(3)):
+        np.testing.assert_array_equal(la["instance"].numpy(), lb["instance"].numpy())
+        np.testing.assert_array_equal(la["ce_class"].numpy(), lb["ce_class"].numpy())
+        # The images are already 24 x 24, so the resize is exact and uint8 loses nothing.
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-3)
+    labels = np.arange(len(train) * 3, dtype=np.int32).reshape(-1, 3)
+    files = pipeline.labelled_dataset(train, labels, 24, 8, seed=1, skip_batches=1)
+    cache = pipeline.labelled_dataset(train, labels, 24, 8, seed=1, skip_batches=1,
+                                      decoded=decoded)
+    for (a, la), (b, lb) in zip(files.take(2), cache.take(2)):
+        np.testing.assert_array_equal(la.numpy(), lb.numpy())
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-3)
+
+
+def test_decode_cache_respects_its_budget_and_checks_its_shape(bench):
+    m, _ = bench
+    train = m.split("extractor_train")
+    assert pipeline.decode_cache(train, 24, budget_bytes=0) is None
+    assert pipeline.decode_cache(train, 24, budget_bytes=len(train) * 24 * 24 * 3 - 1) is None
+    wrong = np.zeros((len(train), 16, 16, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"decoded must be uint8 \["):
+        pipeline.pk_dataset(train, 24, 4, 2, 5, decoded=wrong)

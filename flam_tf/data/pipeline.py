@@ -7,12 +7,16 @@ model, so the exported SavedModel and training see the same numbers.
 * `pk_dataset`: endless P x K batches (P instances, K images each) so that every batch holds
   positives for triplet mining, with train-time augmentation. Deterministic for a seed; the whole
   hot path is TensorFlow ops (no Python generator).
+* `labelled_dataset`: endless shuffled batches of (images, attribute labels).
+* `decode_cache`: every image of a manifest decoded once into a uint8 array, so the two training
+  pipelines above gather pixels instead of re-reading and re-decoding files every epoch.
 """
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from flam_tf.data import manifest as manifest_lib
 
@@ -187,6 +191,42 @@ def image_dataset(manifest: manifest_lib.Manifest, image_size: int, batch_size: 
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def decode_cache(manifest: manifest_lib.Manifest, image_size: int, budget_bytes: int,
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> Optional[np.ndarray]:
+    """Every image of `manifest` decoded and resized once: uint8 [N, S, S, 3] in manifest order.
+
+    Training reads the same files for many epochs; decoding them each time costs as much CPU as
+    the training step on a small model. The decoded pixels are rounded to uint8 (the resize is
+    bilinear, so an image resized to another size moves by at most 0.5 of a grey level; an image
+    already S x S is unchanged). Returns None, decoding nothing, when the array would exceed
+    `budget_bytes` (0 turns the cache off): the pipelines then decode from the files as before.
+    """
+    needed = len(manifest) * image_size * image_size * 3
+    if budget_bytes <= 0 or needed > budget_bytes:
+        if budget_bytes > 0:
+            logging.info("decode cache: %d images need %.0f MiB, over the %.0f MiB budget; "
+                         "decoding from files", len(manifest), needed / 2**20, budget_bytes / 2**20)
+        return None
+    out = np.empty((len(manifest), image_size, image_size, 3), np.uint8)
+    start = 0
+    for images in image_dataset(manifest, image_size, batch_size=256, max_pixels=max_pixels):
+        batch = np.clip(np.rint(images.numpy()), 0, 255).astype(np.uint8)
+        out[start:start + len(batch)] = batch
+        start += len(batch)
+    return out
+
+
+def _cached_images(decoded: Optional[np.ndarray], num_rows: int, image_size: int, caller: str):
+    """The cache as a tensor captured by the pipeline's map function (or None), checked."""
+    if decoded is None:
+        return None
+    if decoded.shape != (num_rows, image_size, image_size, 3) or decoded.dtype != np.uint8:
+        raise ValueError(f"{caller}: decoded must be uint8 [{num_rows}, {image_size}, "
+                         f"{image_size}, 3] (decode_cache of the same manifest). Received: "
+                         f"{decoded.dtype} {decoded.shape}")
+    return tf.constant(decoded)
+
+
 def instance_labels(manifest: manifest_lib.Manifest,
                     num_ce_classes: int) -> Tuple[np.ndarray, np.ndarray, int]:
     """Integer labels for extractor training.
@@ -221,13 +261,15 @@ def augment(image: tf.Tensor, seed: tf.Tensor, image_size: int) -> tf.Tensor:
 def pk_dataset(manifest: manifest_lib.Manifest, image_size: int, instances_per_batch: int,
                images_per_instance: int, num_ce_classes: int, seed: int = 0,
                training: bool = True, skip_batches: int = 0,
-               max_pixels: int = MAX_IMAGE_PIXELS) -> Tuple[tf.data.Dataset, Dict[str, int]]:
+               max_pixels: int = MAX_IMAGE_PIXELS,
+               decoded: Optional[np.ndarray] = None) -> Tuple[tf.data.Dataset, Dict[str, int]]:
     """Endless PK batches for the extractor's train_step.
 
     Each batch holds P distinct instances (drawn without replacement within an epoch over
     instances) and K images of each (drawn with replacement when an instance has fewer than K).
     `skip_batches` starts the stream that many batches in, without reading their images: a
-    resumed fit continues the stream an uninterrupted one would have seen.
+    resumed fit continues the stream an uninterrupted one would have seen. `decoded`
+    (`decode_cache` of the same manifest) replaces reading and decoding the files.
 
     Returns:
         (dataset of (images float32 [P*K, S, S, 3], {"instance": int32 [P*K], "ce_class": int32
@@ -246,6 +288,8 @@ def pk_dataset(manifest: manifest_lib.Manifest, image_size: int, instances_per_b
     starts = np.searchsorted(instance[order], np.arange(num_instances))
     counts = np.bincount(instance, minlength=num_instances)
     paths = tf.constant(manifest.absolute_paths()[order])
+    cache = _cached_images(decoded, len(manifest), image_size, "pk_dataset")
+    rows_to_manifest = tf.constant(order, tf.int64)
     ce_sorted = tf.constant(ce_class[order])
     starts_t, counts_t = tf.constant(starts, tf.int64), tf.constant(counts, tf.int64)
     k = images_per_instance
@@ -262,7 +306,10 @@ def pk_dataset(manifest: manifest_lib.Manifest, image_size: int, instances_per_b
             (rows, tf.fill((k,), inst), element_index * k + tf.range(k, dtype=tf.int64)))
 
     def load(row, inst, element):
-        image = decode_image(tf.io.read_file(tf.gather(paths, row)), image_size, max_pixels)
+        if cache is None:
+            image = decode_image(tf.io.read_file(tf.gather(paths, row)), image_size, max_pixels)
+        else:
+            image = tf.cast(tf.gather(cache, tf.gather(rows_to_manifest, row)), tf.float32)
         if training:
             image = augment(image, tf.stack([tf.cast(seed + 1, tf.int32),
                                              tf.cast(element, tf.int32)]), image_size)
@@ -280,10 +327,12 @@ def pk_dataset(manifest: manifest_lib.Manifest, image_size: int, instances_per_b
 
 def labelled_dataset(manifest: manifest_lib.Manifest, labels: np.ndarray, image_size: int,
                      batch_size: int, seed: int = 0, skip_batches: int = 0,
-                     max_pixels: int = MAX_IMAGE_PIXELS) -> tf.data.Dataset:
+                     max_pixels: int = MAX_IMAGE_PIXELS,
+                     decoded: Optional[np.ndarray] = None) -> tf.data.Dataset:
     """Endless shuffled, augmented batches of (images float32 [B, S, S, 3], labels int32 [B, A]).
 
     For models trained from images with attribute labels (the pixel baselines); -1 = missing.
+    `decoded` (`decode_cache` of the same manifest) replaces reading and decoding the files.
 
     Raises:
         ValueError: an empty manifest, or labels that are not one row per image.
@@ -294,13 +343,18 @@ def labelled_dataset(manifest: manifest_lib.Manifest, labels: np.ndarray, image_
     if labels.ndim != 2 or len(labels) != len(manifest):
         raise ValueError(f"labelled_dataset: expected labels [{len(manifest)}, A]. Received: "
                          f"labels.shape={labels.shape}")
-    ds = tf.data.Dataset.from_tensor_slices((manifest.absolute_paths(), labels))
+    cache = _cached_images(decoded, len(manifest), image_size, "labelled_dataset")
+    ds = tf.data.Dataset.from_tensor_slices(
+        (manifest.absolute_paths(), labels, np.arange(len(manifest), dtype=np.int64)))
     ds = ds.shuffle(len(manifest), seed=seed, reshuffle_each_iteration=True).repeat().enumerate()
     ds = ds.skip(skip_batches * batch_size)  # a resumed fit: the batches it already trained on
 
     def load(element, row):
-        path, label = row
-        image = decode_image(tf.io.read_file(path), image_size, max_pixels)
+        path, label, index = row
+        if cache is None:
+            image = decode_image(tf.io.read_file(path), image_size, max_pixels)
+        else:
+            image = tf.cast(tf.gather(cache, index), tf.float32)
         image = augment(image, tf.stack([tf.cast(seed + 2, tf.int32), tf.cast(element, tf.int32)]),
                         image_size)
         return image, label
