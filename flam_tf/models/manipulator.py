@@ -18,6 +18,9 @@ from flam_tf.vocabulary import ATTRIBUTE_TYPES, NUM_CLASSES, attribute_index, cl
 NUM_TYPES = len(ATTRIBUTE_TYPES)
 GENERATORS = ("memory", "mlp")
 TARGET_SAMPLING = ("uniform", "partner")
+# Compute dtype policy of G and D: mixed_bfloat16 runs their Dense layers in bfloat16 (float32
+# variables, float32 inputs and outputs); the frozen embedder and every loss stay float32.
+PRECISIONS = ("float32", "mixed_bfloat16")
 # Replica r of a MirroredStrategy draws with seed + [0, r * stride]: distinct streams per replica.
 _REPLICA_SEED_STRIDE = 1000003
 
@@ -51,11 +54,16 @@ def _padding_penalty(class_counts):
                         for count in class_counts], tf.float32)
 
 
-def _mlp(hidden_units, name):
+def _mlp(hidden_units, name, dtype=None):
     return [
-        keras.layers.Dense(units, activation="leaky_relu", name=f"{name}_dense{i}")
+        keras.layers.Dense(units, activation="leaky_relu", name=f"{name}_dense{i}", dtype=dtype)
         for i, units in enumerate(hidden_units)
     ]
+
+
+def _float32(x):
+    """Outputs leave G and D in float32 whatever their compute dtype (mixed_bfloat16)."""
+    return ops.cast(x, "float32")
 
 
 def _slot(embeddings, attribute_index, num_attribute_types):
@@ -97,13 +105,15 @@ class Generator(keras.Model):
 
     def __init__(self, feature_dim, embedding_dim=32, hidden_units=(512, 512),
                  num_attribute_types=NUM_TYPES, **kwargs):
-        super().__init__(**kwargs)
+        # Inputs stay float32 (x is added back at full precision); the Dense layers cast for
+        # themselves under a mixed policy.
+        super().__init__(autocast=False, **kwargs)
         self.feature_dim = feature_dim
         self.embedding_dim = embedding_dim
         self.hidden_units = tuple(hidden_units)
         self.num_attribute_types = num_attribute_types
-        self.hidden = _mlp(self.hidden_units, "g")
-        self.delta = keras.layers.Dense(feature_dim, name="g_delta")
+        self.hidden = _mlp(self.hidden_units, "g", self.dtype_policy)
+        self.delta = keras.layers.Dense(feature_dim, name="g_delta", dtype=self.dtype_policy)
         width = feature_dim + num_attribute_types * embedding_dim
         for layer in self.hidden:
             layer.build((None, width))
@@ -113,11 +123,12 @@ class Generator(keras.Model):
 
     def call(self, inputs):
         features, embeddings, attribute_index = inputs[:3]  # a 4th (source) input is unused
+        features, embeddings = _float32(features), _float32(embeddings)
         slotted = _slot(embeddings, attribute_index, self.num_attribute_types)
         h = ops.concatenate([features, slotted], axis=-1)  # [x ; slot_a(e)], Sec. 3.2
         for layer in self.hidden:
             h = layer(h)
-        return ops.normalize(features + self.delta(h), axis=-1)
+        return ops.normalize(features + _float32(self.delta(h)), axis=-1)
 
     def get_config(self):
         config = super().get_config()
@@ -165,7 +176,7 @@ class MemoryGenerator(keras.Model):
 
     def __init__(self, feature_dim, embedding_dim, class_counts, hidden_units=(512, 512),
                  memory_temperature=0.05, dictionaries=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(autocast=False, **kwargs)  # as Generator: x stays float32
         self.feature_dim = feature_dim
         self.embedding_dim = embedding_dim
         self.class_counts = tuple(int(c) for c in class_counts)
@@ -176,14 +187,15 @@ class MemoryGenerator(keras.Model):
         shape = (self.num_attribute_types, self.max_classes, embedding_dim)
         # A frozen copy of the embedder's dictionaries (restored with the weights on load).
         self.dictionaries = self.add_weight(
-            shape=shape, trainable=False, name="dictionaries",
+            shape=shape, trainable=False, name="dictionaries", autocast=False,
             initializer=("zeros" if dictionaries is None else
                          keras.initializers.Constant(np.asarray(dictionaries, np.float32))))
         self.memory = self.add_weight(
             shape=(self.num_attribute_types, self.max_classes, feature_dim),
-            initializer="zeros", name="memory")
-        self.hidden = _mlp(self.hidden_units, "g")
-        self.delta = keras.layers.Dense(feature_dim, kernel_initializer="zeros", name="g_delta")
+            initializer="zeros", name="memory", autocast=False)  # float32 under mixed precision
+        self.hidden = _mlp(self.hidden_units, "g", self.dtype_policy)
+        self.delta = keras.layers.Dense(feature_dim, kernel_initializer="zeros", name="g_delta",
+                                        dtype=self.dtype_policy)
         width = feature_dim + self.num_attribute_types * self.embedding_dim
         for layer in self.hidden:
             layer.build((None, width))
@@ -206,6 +218,8 @@ class MemoryGenerator(keras.Model):
 
     def call(self, inputs):
         features, embeddings, attribute_index, source_embeddings = inputs
+        features, embeddings = _float32(features), _float32(embeddings)
+        source_embeddings = _float32(source_embeddings)
         attribute_index = tf.cast(tf.reshape(attribute_index, [-1]), tf.int32)
         memory = tf.gather(self.memory, attribute_index)  # [B, C_max, D]
         change = (self.class_weights(embeddings, attribute_index)
@@ -215,7 +229,7 @@ class MemoryGenerator(keras.Model):
                                              self.num_attribute_types)], axis=-1)
         for layer in self.hidden:
             h = layer(h)
-        return ops.normalize(features + shift + self.delta(h), axis=-1)
+        return ops.normalize(features + shift + _float32(self.delta(h)), axis=-1)
 
     def get_config(self):
         config = super().get_config()
@@ -254,15 +268,15 @@ class Discriminator(keras.Model):
 
     def __init__(self, feature_dim, embedding_dim=32, num_attribute_types=NUM_TYPES,
                  hidden_units=(512, 512), **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(autocast=False, **kwargs)
         self.feature_dim = feature_dim
         self.embedding_dim = embedding_dim
         self.num_attribute_types = num_attribute_types
         self.hidden_units = tuple(hidden_units)
-        self.hidden = _mlp(self.hidden_units, "d")
-        self.logit_head = keras.layers.Dense(1, name="d_logit")
+        self.hidden = _mlp(self.hidden_units, "d", self.dtype_policy)
+        self.logit_head = keras.layers.Dense(1, name="d_logit", dtype=self.dtype_policy)
         self.matching_head = keras.layers.Dense(num_attribute_types * embedding_dim,
-                                                name="d_matching")
+                                                name="d_matching", dtype=self.dtype_policy)
         width = feature_dim
         for layer in self.hidden:
             layer.build((None, width))
@@ -275,7 +289,8 @@ class Discriminator(keras.Model):
         h = features
         for layer in self.hidden:
             h = layer(h)
-        return ops.squeeze(self.logit_head(h), axis=-1), self.matching_head(h)
+        return (_float32(ops.squeeze(self.logit_head(h), axis=-1)),
+                _float32(self.matching_head(h)))
 
     def get_config(self):
         config = super().get_config()
@@ -387,6 +402,8 @@ class FeatureManipulator(keras.Model):
         teacher_weight, retrieval_weight, distance_weight: the terms of ours above.
         retrieval_temperature: softmax temperature of the retrieval term.
         memory_temperature: the `MemoryGenerator`'s class-reading temperature.
+        precision: "float32", or "mixed_bfloat16" (G's and D's Dense layers compute in
+            bfloat16; variables, inputs, outputs and losses stay float32).
         seed: seed of the target-type, target-class and uniform-partner draws.
 
     Call args:
@@ -418,10 +435,12 @@ class FeatureManipulator(keras.Model):
         distance_weight=0.0,
         retrieval_temperature=0.07,
         memory_temperature=0.05,
+        precision="float32",
         seed=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        losses._check_option("precision", precision, PRECISIONS)
         losses._check_option("matching", matching, losses.FEATURE_MATCHING_MODES)
         losses._check_option("generator", generator, GENERATORS)
         losses._check_option("target_sampling", target_sampling, TARGET_SAMPLING)
@@ -452,18 +471,20 @@ class FeatureManipulator(keras.Model):
         self.retrieval_temperature = retrieval_temperature
         self.memory_temperature = memory_temperature
         self.seed = seed
+        self.precision = precision
         self.class_counts = tuple(NUM_CLASSES[a] for a in ATTRIBUTE_TYPES)
 
         if generator == "memory":
             self.generator = MemoryGenerator(
                 feature_dim, embedding_dim, self.class_counts, self.g_hidden,
                 memory_temperature=memory_temperature,
-                dictionaries=embedder.stacked_dictionaries(), name="generator")
+                dictionaries=embedder.stacked_dictionaries(), name="generator", dtype=precision)
         else:
-            self.generator = Generator(feature_dim, embedding_dim, self.g_hidden, name="generator")
+            self.generator = Generator(feature_dim, embedding_dim, self.g_hidden, name="generator",
+                                       dtype=precision)
         self.discriminator = Discriminator(
-            feature_dim, embedding_dim, NUM_TYPES, self.d_hidden, name="discriminator"
-        )
+            feature_dim, embedding_dim, NUM_TYPES, self.d_hidden, name="discriminator",
+            dtype=precision)
         self.seed_generator = keras.random.SeedGenerator(seed, name="manipulator_seed")
         self._bank = None  # (features [N, D], labels int32 [N, 3]), see set_retrieval_bank
         self.built = True
@@ -821,6 +842,7 @@ class FeatureManipulator(keras.Model):
                 "distance_weight": self.distance_weight,
                 "retrieval_temperature": self.retrieval_temperature,
                 "memory_temperature": self.memory_temperature,
+                "precision": self.precision,
                 "seed": self.seed,
             }
         )
