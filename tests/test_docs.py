@@ -142,3 +142,13 @@ def test_build_md_sweep_table_is_the_sweep_file():
     table = between(read("BUILD.md"), manipulator_sweep.TABLE_BEGIN, manipulator_sweep.TABLE_END)
     assert table == manipulator_sweep.sweep_table(sweep).strip()
     assert "default" in sweep["results"]
+
+
+def test_build_md_input_table_is_the_input_pipeline_file():
+    """BUILD.md section 3.3's input-speed table is benchmarks/input_pipeline.json, rendered."""
+    pytest.importorskip("tensorflow")  # the benchmark module imports the package
+    input_pipeline = benchmark_module("input_pipeline")
+    saved = benchmark_file("input_pipeline.json")
+    table = between(read("BUILD.md"), input_pipeline.TABLE_BEGIN, input_pipeline.TABLE_END)
+    assert table == input_pipeline.table(saved).strip()
+    assert saved["extractor"]["feeds"]["memory"]["fraction_of_memory"] == 1.0
