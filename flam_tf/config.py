@@ -38,7 +38,8 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ExtractorConfig:
-    """Feature extractor: backbone + pooling + projection, CE + triplet on instance ids."""
+    """Feature extractor: backbone + pooling + projection, CE + triplet on instance ids, and (ours)
+    a cosine-softmax CE on attribute_train's labels (attribute_weight 0 = the paper's extractor)."""
 
     backbone: str = "small_cnn"  # small_cnn | resnet50 | densenet121 | inception_resnet_v2 | efficientnet_b0
     pooling: str = "spoc"  # spoc (the paper's) | mac | gem
@@ -51,6 +52,8 @@ class ExtractorConfig:
     epochs: int = 12  # training epochs (each steps_per_epoch PK batches)
     steps_per_epoch: int = 100  # PK batches per epoch
     learning_rate: float = 3e-3  # Adam, cosine-decayed to 5% over the run
+    attribute_weight: float = 1.0  # attribute CE on attribute_train images (ours; 0 = the paper's)
+    attribute_batch_size: int = 32  # attribute-labelled images per step beside the PK batch
 
 
 @dataclasses.dataclass
@@ -230,6 +233,8 @@ _NUMERIC_CHECKS = [(name, *check) for name, check in (
     ("extractor.epochs", _at_least(1)),
     ("extractor.steps_per_epoch", _at_least(1)),
     ("extractor.learning_rate", _positive()),
+    ("extractor.attribute_weight", _non_negative()),
+    ("extractor.attribute_batch_size", _at_least(1)),
     ("embedder.embedding_dim", _at_least(1)),
     ("embedder.hidden_units", _at_least(1)),
     ("embedder.margin", _non_negative()),

@@ -169,11 +169,36 @@ def stage_extractor(ctx: Context) -> Dict[str, float]:
                                                                  d.decode_cache_mb * 2**20,
                                                                  d.max_image_pixels))
     logging.info("extractor: %s", info)
+    attribute_weight = c.attribute_weight
+    if attribute_weight:
+        # Ours: the attribute_train images and their labels as a second stream beside the PK
+        # batches (the same labels the embedders train on; never an evaluation label).
+        labelled = ctx.manifest.split("attribute_train")
+        labels = label_matrix(labelled)
+        known = (labels >= 0).any(axis=1)
+        if not known.any():
+            logging.warning("extractor: attribute_weight=%s but attribute_train has no labelled "
+                            "image; training on instance ids only", attribute_weight)
+            attribute_weight = 0.0
+        else:
+            labelled, labels = labelled.select(known), labels[known]
+            attributes = pipeline.labelled_dataset(
+                labelled, labels, d.image_size, c.attribute_batch_size,
+                seed=ctx.config.runtime.seed + 3,
+                skip_batches=ctx.resume_epoch("extractor") * c.steps_per_epoch,
+                max_pixels=d.max_image_pixels,
+                decoded=pipeline.decode_cache(labelled, d.image_size, d.decode_cache_mb * 2**20,
+                                              d.max_image_pixels))
+            ds = tf.data.Dataset.zip((ds, attributes))
+            logging.info("extractor: attribute term on %d labelled attribute_train images",
+                         len(labelled))
     with ctx.strategy.scope():
         model = FeatureExtractor(backbone=c.backbone, pooling=c.pooling, feature_dim=c.feature_dim,
                                  image_size=ctx.config.data.image_size,
                                  num_ce_classes=info["num_ce_classes"], margin=c.margin,
-                                 weights=c.weights or None)
+                                 weights=c.weights or None, attribute_weight=attribute_weight,
+                                 attribute_classes=[vocabulary.NUM_CLASSES[a]
+                                                    for a in vocabulary.ATTRIBUTE_TYPES])
         total = c.epochs * c.steps_per_epoch
         schedule = keras.optimizers.schedules.CosineDecay(c.learning_rate, total, alpha=0.05)
         model.compile(optimizer=keras.optimizers.Adam(schedule))

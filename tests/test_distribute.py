@@ -97,6 +97,47 @@ def test_extractor_step_matches_on_two_replicas(mirrored):
     )
 
 
+def test_extractor_attribute_term_matches_on_two_replicas(mirrored):
+    """The attribute stream is split across replicas like the PK batch; its masked means count
+    the known labels of the global batch (uneven between the two halves here)."""
+    rng = np.random.default_rng(1)
+    images = rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+    targets = {"instance": np.arange(8, dtype="int32"),
+               "ce_class": np.array([0, 1, 2, -1, 0, -1, -1, -1], "int32")}
+    attribute_images = rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+    labels = np.array([[0, 1, -1], [1, -1, -1], [0, 0, -1], [1, 1, -1],
+                       [-1, 0, 1], [-1, -1, -1], [0, -1, -1], [-1, -1, -1]], "int32")
+    ds = tf.data.Dataset.zip((tf.data.Dataset.from_tensors((images, targets)),
+                              tf.data.Dataset.from_tensors((attribute_images, labels))))
+
+    def build():
+        keras.utils.set_random_seed(0)
+        model = FeatureExtractor(feature_dim=8, image_size=16, num_ce_classes=3,
+                                 triplet_weight=0.0, attribute_weight=1.0,
+                                 attribute_classes=(2, 2, 2))
+        return model
+
+    reference = build()
+    reference.compile(optimizer=keras.optimizers.SGD(0.1))
+    with mirrored.scope():
+        replicated = build()
+        replicated.compile(optimizer=keras.optimizers.SGD(0.1))
+    replicated.set_weights(reference.get_weights())
+    start = [np.array(w) for w in reference.get_weights()]
+    reference.fit(ds, epochs=1, verbose=0)
+    replicated.fit(ds, epochs=1, verbose=0)
+    changed = 0
+    for w0, a, b in zip(start, reference.get_weights(), replicated.get_weights()):
+        scale = float(np.max(np.abs(a - w0)))
+        # An update is read back as (w0 + u) - w0, exact only to float32 rounding of |w|.
+        rounding = 4 * float(np.finfo(np.float32).eps) * float(np.max(np.abs(w0)))
+        np.testing.assert_allclose(b - w0, a - w0, rtol=RTOL, atol=RTOL * scale + rounding)
+        changed += int(not np.array_equal(a, w0))
+    head = reference.attribute_heads[0].kernel
+    assert changed > 0 and not np.array_equal(np.array(head), start[
+        [w.path for w in reference.weights].index(head.path)])
+
+
 def test_embedder_step_matches_on_two_replicas(mirrored):
     features = _duplicated_features(8, seed=1)
     rng = np.random.default_rng(1)

@@ -172,6 +172,53 @@ def test_feature_extractor_training_lowers_loss():
     assert after["ce_loss"] < before["ce_loss"]
 
 
+def test_feature_extractor_attribute_term_against_numpy_and_training():
+    """The attribute term: per type, the mean CE of scale * cos(feature, w_c) over the rows with a
+    label (-1 left out), averaged over types; it is added with its weight and lowers in training."""
+    keras.utils.set_random_seed(0)
+    images, instance = _instance_images()
+    targets = {"instance": instance, "ce_class": np.where(instance < 3, instance, -1)}
+    rng = np.random.default_rng(0)
+    labels = np.stack([instance % 2, (instance + 1) % 3, rng.integers(0, 2, len(instance))], 1)
+    labels[::3, 1] = -1  # missing labels
+    labels[:, 2] = -1  # a type with no label at all contributes 0
+    labels = labels.astype(np.int32)
+    model = FeatureExtractor(feature_dim=16, image_size=16, num_ce_classes=3,
+                             attribute_weight=0.5, attribute_classes=(2, 3, 2))
+    f = model(images).numpy()
+    expected = []
+    for t, head in enumerate(model.attribute_heads):
+        w = head.kernel.numpy()
+        logits = 16.0 * (f / np.linalg.norm(f, axis=1, keepdims=True)) @ (
+            w / np.linalg.norm(w, axis=0, keepdims=True))
+        known = labels[:, t] >= 0
+        log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        expected.append(-log_p[known, labels[known, t]].mean() if known.any() else 0.0)
+    got = float(model.attribute_loss(images, labels))
+    np.testing.assert_allclose(got, np.mean(expected), rtol=1e-4)
+
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    ds = tf.data.Dataset.zip((tf.data.Dataset.from_tensor_slices((images, targets)).batch(16),
+                              tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)))
+    before = model.evaluate(ds, verbose=0, return_dict=True)
+    no_attr = FeatureExtractor.from_config({**model.get_config(), "attribute_weight": 0.0})
+    by_path = {w.path: w for w in model.weights}
+    for w in no_attr.weights:
+        w.assign(by_path[w.path])
+    no_attr.compile(optimizer=keras.optimizers.Adam(1e-2))
+    plain = no_attr.evaluate(images, targets, batch_size=16, verbose=0, return_dict=True)
+    # loss = CE + triplet + 0.5 * attribute (the same CE and triplet as without the term).
+    np.testing.assert_allclose(before["loss"], plain["loss"] + 0.5 * before["attribute_loss"],
+                               rtol=1e-4)
+    history = model.fit(ds, epochs=20, verbose=0)
+    after = model.evaluate(ds, verbose=0, return_dict=True)
+    assert "attribute_loss" in history.history
+    assert after["attribute_loss"] < 0.5 * before["attribute_loss"]
+    with pytest.raises(ValueError, match="attribute_images"):
+        model.fit(images, targets, batch_size=16, epochs=1, verbose=0)
+    assert FeatureExtractor.from_config(model.get_config()).get_config() == model.get_config()
+
+
 def test_feature_extractor_nan_input_raises():
     model = FeatureExtractor(feature_dim=8, image_size=16, num_ce_classes=2)
     model.compile(optimizer=keras.optimizers.SGD(0.1))

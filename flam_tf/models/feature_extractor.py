@@ -80,6 +80,10 @@ class FeatureExtractor(keras.Model):
         weights: None or a local backbone weights file (see `build_backbone`).
         distance: triplet distance, "cosine" (the paper's dist) or "l2"/"squared_l2".
         ce_scale: fixed scale of the cosine-softmax head.
+        attribute_weight: weight of the attribute term (ours; 0 = the paper's extractor): a
+            cosine-softmax CE per attribute type on a second batch of attribute-labelled images,
+            missing labels (-1) left out. Its heads are used in training only.
+        attribute_classes: classes per attribute type of those heads.
 
     Call args:
         images: float32 [B, S, S, 3] in [0, 255].
@@ -87,6 +91,9 @@ class FeatureExtractor(keras.Model):
 
     Returns:
         float32 [B, D], unit L2 norm per row.
+
+    Training data: `(images, {"instance", "ce_class"})`; with attribute_weight > 0,
+    `((images, {"instance", "ce_class"}), (attribute_images, labels int32 [B2, n_types]))`.
     """
 
     def __init__(
@@ -103,9 +110,13 @@ class FeatureExtractor(keras.Model):
         weights=None,
         distance="cosine",
         ce_scale=16.0,
+        attribute_weight=0.0,
+        attribute_classes=(10, 10, 10),
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if not attribute_weight >= 0:
+            raise ValueError(f"attribute_weight must be >= 0. Received: {attribute_weight}")
         if mining not in losses.MINING_STRATEGIES:
             raise ValueError(
                 f"Unknown mining. Received: mining={mining!r}; "
@@ -143,15 +154,25 @@ class FeatureExtractor(keras.Model):
         self.pool.build(self.backbone.output_shape)
         self.classifier = CosineClassifier(num_ce_classes, ce_scale, name="ce_head")
         self.classifier.build((None, self.output_dim))
+        self.attribute_weight = float(attribute_weight)
+        self.attribute_classes = tuple(int(c) for c in attribute_classes)
+        self.attribute_heads = []
+        if self.attribute_weight:
+            for t, count in enumerate(self.attribute_classes):
+                head = CosineClassifier(count, ce_scale, name=f"attribute_head{t}")
+                head.build((None, self.output_dim))
+                self.attribute_heads.append(head)
         self.built = True
 
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.ce_tracker = keras.metrics.Mean(name="ce_loss")
         self.triplet_tracker = keras.metrics.Mean(name="triplet_loss")
+        self.attribute_tracker = keras.metrics.Mean(name="attribute_loss")
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.ce_tracker, self.triplet_tracker]
+        trackers = [self.loss_tracker, self.ce_tracker, self.triplet_tracker]
+        return trackers + ([self.attribute_tracker] if self.attribute_heads else [])
 
     def call(self, images, training=False):
         x = self.pool(self.backbone(images, training=training))
@@ -160,7 +181,31 @@ class FeatureExtractor(keras.Model):
         x = self.neck(x, training=training)
         return ops.normalize(x, axis=-1)
 
+    def attribute_loss(self, images, labels, training=False):
+        """Mean over attribute types of the masked cosine-softmax CE (missing labels -1 left out
+        of their type's mean, over the global batch)."""
+        features = self(images, training=training)
+        labels = tf.cast(labels, tf.int32)
+        total = tf.constant(0.0)
+        for t, head in enumerate(self.attribute_heads):
+            y = labels[:, t]
+            known = y >= 0
+            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=tf.where(known, y, 0), logits=head(features))
+            total += masked_mean(per_example, known)
+        return total / len(self.attribute_heads)
+
+    def _split(self, data):
+        """(instance data, attribute data or None) from either form of training data."""
+        if self.attribute_heads and isinstance(data[0], (tuple, list)):
+            return data[0], data[1]
+        if self.attribute_heads:
+            raise ValueError("attribute_weight > 0: training data must be ((images, targets), "
+                             "(attribute_images, labels))")
+        return data, None
+
     def _compute_losses(self, data, training):
+        data, attribute_data = self._split(data)
         images, targets = data[0], data[1]
         instance = tf.reshape(tf.cast(targets["instance"], tf.int32), [-1])
         ce_class = tf.reshape(tf.cast(targets["ce_class"], tf.int32), [-1])
@@ -175,28 +220,34 @@ class FeatureExtractor(keras.Model):
             instance, features, margin=self.margin, mining=self.mining, distance=self.distance
         )  # Eq. 1, mined within this replica's slice
         loss = self.ce_weight * ce + self.triplet_weight * triplet
+        attribute = tf.constant(0.0)
+        if attribute_data is not None:
+            attribute = self.attribute_loss(attribute_data[0], attribute_data[1], training)
+            loss += self.attribute_weight * attribute
         loss = check_finite(loss, "FeatureExtractor loss")
-        return loss, ce, triplet
+        return loss, ce, triplet, attribute
 
-    def _update_trackers(self, loss, ce, triplet):
+    def _update_trackers(self, loss, ce, triplet, attribute):
         self.loss_tracker.update_state(loss)
         self.ce_tracker.update_state(ce)
         self.triplet_tracker.update_state(triplet)
+        if self.attribute_heads:
+            self.attribute_tracker.update_state(attribute)
         return {m.name: m.result() for m in self.metrics}
 
     def train_step(self, data):
-        """One step on `(images [B,S,S,3], {"instance": int [B], "ce_class": int [B] or -1})`."""
+        """One step on `(images [B,S,S,3], {"instance": int [B], "ce_class": int [B] or -1})`
+        (with attribute_weight > 0: that pair and `(attribute_images, labels)`)."""
         with tf.GradientTape() as tape:
-            loss, ce, triplet = self._compute_losses(data, training=True)
-            replica_loss = scaled_loss(loss)
+            losses_ = self._compute_losses(data, training=True)
+            replica_loss = scaled_loss(losses_[0])
         variables = self.trainable_variables
         grads = tape.gradient(replica_loss, variables)
         self.optimizer.apply(grads, variables)
-        return self._update_trackers(loss, ce, triplet)
+        return self._update_trackers(*losses_)
 
     def test_step(self, data):
-        loss, ce, triplet = self._compute_losses(data, training=False)
-        return self._update_trackers(loss, ce, triplet)
+        return self._update_trackers(*self._compute_losses(data, training=False))
 
     def get_config(self):
         config = super().get_config()
@@ -214,6 +265,8 @@ class FeatureExtractor(keras.Model):
                 "weights": self.backbone_weights,
                 "distance": self.distance,
                 "ce_scale": self.ce_scale,
+                "attribute_weight": self.attribute_weight,
+                "attribute_classes": list(self.attribute_classes),
             }
         )
         return config
