@@ -13,6 +13,7 @@ from PIL import Image
 
 from flam_tf.data.manifest import ManifestError
 from flam_tf.data.readers import darn, read_darn
+from test_real_layouts import write_inshop_release
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -170,28 +171,12 @@ def test_bad_files(tmp_path):
         read_darn(str(tmp_path))
 
 
-def _tiny_inshop(root, instances=6, per_instance=4):
-    """A DeepFashion In-shop tree: train instances plus one query/gallery instance pair each."""
-    entries = []
-    for i in range(instances):
-        for j in range(per_instance):
-            entries.append(f"img/id_{i:02d}/{j}.jpg id_{i:02d} train")
-    for i in range(instances, instances + 3):
-        entries += [f"img/id_{i:02d}/0.jpg id_{i:02d} query",
-                    f"img/id_{i:02d}/1.jpg id_{i:02d} gallery"]
-    for entry in entries:
-        path = os.path.join(root, entry.split()[0])
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        shade = 40 * (int(entry.split()[1][3:]) % 6)
-        Image.new("RGB", (16, 16), (shade, 255 - shade, 90)).save(path, "JPEG")
-    with open(os.path.join(root, "list_eval_partition.txt"), "w") as f:
-        f.write("\n".join([str(len(entries)), "image_name item_id evaluation_status", *entries]))
-
-
+@pytest.mark.slow  # about 130 s on 2 CPU cores
 def test_main_job_end_to_end_with_darn(tmp_path):
     """`python -m flam_tf.train --preset=smoke`, all stages (data -> report -> export), on a tiny
-    DeepFashion In-shop tree (extractor) and a tiny DARN tree in the ASEN++ layout (attributes)."""
-    _tiny_inshop(str(tmp_path / "inshop"))
+    DeepFashion In-shop tree in the release layout, real entries (extractor; see
+    tests/test_real_layouts.py) and a tiny DARN tree in the ASEN++ layout (attributes)."""
+    write_inshop_release(str(tmp_path / "inshop"))
     write_darn_tree(str(tmp_path / "darn"), num_train=60, num_test=12)
     run_dir = tmp_path / "run"
     start = time.time()

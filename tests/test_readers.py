@@ -46,14 +46,22 @@ def by_path(rows):
 INSHOP_HEADER = "image_name item_id evaluation_status"
 
 
+# Real In-shop entries: image names, item ids and statuses as listed in GitHub
+# czla/cloth-image-retrieval `data/InShop/train.txt`, `query.txt` and `gallery.txt` (written from the
+# release's Eval/list_eval_partition.txt by its `data/InShop/data_generate.py`), in the release's
+# line format `<image> <item_id> <status>` (see REAL_INSHOP below); one with wider spacing.
+INSHOP_TRAIN = "img/WOMEN/Dresses/id_00000002"
+INSHOP_TEST = "img/WOMEN/Blouses_Shirts/id_00000001"
+
+
 @pytest.fixture
 def inshop_dir(tmp_path):
     entries = [
-        "img/WOMEN/Dresses/id_00000001/01_1_front.jpg id_00000001 train",
-        "img/WOMEN/Dresses/id_00000001/01_2_side.jpg id_00000001 train",
-        "img/MEN/Denim/id_00000002/02_1_front.jpg id_00000002 query",
-        "img/MEN/Denim/id_00000002/02_2_side.jpg id_00000002 gallery",
-        "img/MEN/Denim/id_00000002/02_3_back.jpg   id_00000002   gallery",
+        f"{INSHOP_TRAIN}/02_4_full.jpg id_00000002 train",
+        f"{INSHOP_TRAIN}/02_1_front.jpg id_00000002 train",
+        f"{INSHOP_TEST}/02_2_side.jpg id_00000001 query",
+        f"{INSHOP_TEST}/02_1_front.jpg id_00000001 gallery",
+        f"{INSHOP_TEST}/02_3_back.jpg   id_00000001   gallery",
     ]
     write_partition(tmp_path, INSHOP_HEADER, entries)
     write_jpegs(tmp_path, [e.split()[0] for e in entries])
@@ -64,10 +72,10 @@ def test_inshop_splits_roles_and_manifest_round_trip(inshop_dir):
     rows, stats = read_deepfashion_inshop(str(inshop_dir))
     rows = by_path(rows)
     assert len(rows) == 5
-    front = rows["img/WOMEN/Dresses/id_00000001/01_1_front.jpg"]
+    front = rows[f"{INSHOP_TRAIN}/02_1_front.jpg"]
     assert (front["split"], front["role"], front["domain"]) == ("extractor_train", "", "shop")
-    assert rows["img/MEN/Denim/id_00000002/02_1_front.jpg"]["role"] == "inshop_query"
-    assert rows["img/MEN/Denim/id_00000002/02_3_back.jpg"]["role"] == "inshop_gallery"
+    assert rows[f"{INSHOP_TEST}/02_2_side.jpg"]["role"] == "inshop_query"
+    assert rows[f"{INSHOP_TEST}/02_3_back.jpg"]["role"] == "inshop_gallery"
     assert all(r[a] == "" for r in rows.values() for a in ("shape", "color", "pattern"))
     assert stats.rows_by_split == {"extractor_train": 2, "fir_eval": 3}
 
@@ -80,7 +88,7 @@ def test_inshop_splits_roles_and_manifest_round_trip(inshop_dir):
 
 
 def test_inshop_missing_image_is_counted_not_silent(inshop_dir):
-    os.remove(inshop_dir / "img/MEN/Denim/id_00000002/02_2_side.jpg")
+    os.remove(inshop_dir / f"{INSHOP_TEST}/02_1_front.jpg")
     rows, stats = read_deepfashion_inshop(str(inshop_dir))
     assert len(rows) == 4
     assert stats.skipped == {"image file not found": 1}
@@ -114,24 +122,28 @@ def test_inshop_missing_file_and_bad_count(tmp_path):
 
 
 def test_instance_in_two_splits_is_an_error(tmp_path):
-    write_partition(tmp_path, INSHOP_HEADER, ["img/a.jpg id_1 train", "img/b.jpg id_1 query"])
-    with pytest.raises(ManifestError, match="instance 'id_1' appears in splits"):
+    write_partition(tmp_path, INSHOP_HEADER, [f"{INSHOP_TRAIN}/02_4_full.jpg id_00000002 train",
+                                              f"{INSHOP_TRAIN}/02_1_front.jpg id_00000002 query"])
+    with pytest.raises(ManifestError, match="instance 'id_00000002' appears in splits"):
         read_deepfashion_inshop(str(tmp_path), check_images=False)
 
 
-# Real lines of the In-shop Eval/list_eval_partition.txt (count line, header, entries), as quoted
-# in public write-ups of the release and in open-mmlab/mmpretrain's InShop dataset tests; layout
-# `Eval/list_eval_partition.txt` + `Img/img/...` from mmpretrain `mmpretrain/datasets/inshop.py`
-# (ann_file='Eval/list_eval_partition.txt', data_prefix='Img') and mmfashion
-# docs/dataset/IN_SHOP_DATASET.md.
+# In-shop Eval/list_eval_partition.txt: count line (52,712 images, the release README), header and
+# entries as in open-mmlab/mmpretrain `tests/test_datasets/test_datasets.py` (InShop: the header
+# `image_name item_id evaluation_status`, `02_1_front.jpg id_00000002 train`, `02_2_side.jpg
+# id_00000002 train`, there with the folders left out); the folders and the query / gallery
+# entries from czla/cloth-image-retrieval `data/InShop/{train,query,gallery}.txt` (see
+# INSHOP_TRAIN above). Layout `Eval/list_eval_partition.txt` + `Img/img/...` from mmpretrain
+# `mmpretrain/datasets/inshop.py` (ann_file='Eval/list_eval_partition.txt', data_prefix='Img') and
+# mmfashion docs/dataset/IN_SHOP_DATASET.md.
 REAL_INSHOP = ["52712", "image_name item_id evaluation_status",
                "img/WOMEN/Dresses/id_00000002/02_1_front.jpg id_00000002 train",
                "img/WOMEN/Dresses/id_00000002/02_2_side.jpg id_00000002 train"]
 
 
 def test_inshop_release_layout_bom_crlf(tmp_path):
-    entries = REAL_INSHOP[2:] + ["img/WOMEN/Dresses/id_00007982/12_3_back.jpg id_00007982 gallery",
-                                 "img/WOMEN/Dresses/id_00007982/13_1_front.jpg id_00007982 query"]
+    entries = REAL_INSHOP[2:] + [f"{INSHOP_TEST}/02_3_back.jpg id_00000001 gallery",
+                                 f"{INSHOP_TEST}/02_4_full.jpg id_00000001 query"]
     text = "\r\n".join([str(len(entries)), REAL_INSHOP[1]] + entries) + "\r\n"
     (tmp_path / "Eval").mkdir()
     (tmp_path / "Eval/list_eval_partition.txt").write_bytes(b"\xef\xbb\xbf" + text.encode())
@@ -157,49 +169,83 @@ def test_partition_missing_names_both_paths(tmp_path):
 
 # ---------------------------------------------------------------- DeepFashion Consumer-to-shop
 
-C2S_HEADER = "image_pair_name_1 image_pair_name_2 item_id evaluation_status"
+C2S_HEADER = "image_pair_name_1 image_pair_name_2 item_id evaluation_status"  # skipped (line 2)
+# Real Consumer-to-shop pairs. No public repository quotes list_eval_partition.txt itself; its pairs
+# are rebuilt here from GitHub czla/cloth-image-retrieval `data/DeepFashion/test.txt` and
+# `val.txt` (one line per shop image of the test / val pairs, then its consumer images; written
+# from the release's Eval/list_eval_partition.txt by that repository's
+# `data/DeepFashion/data_generate.py`), in the release's line format `<consumer image> <shop
+# image> <item id> <evaluation status>` (the release README, a copy of which is czla's
+# `data/DeepFashion/README.txt`: "<image pair name 1> <image pair name 2> <item id> <evaluation
+# status>"; open-mmlab/mmfashion `data/prepare_consumer_to_shop.py` reads `consumer, shop, _,
+# cate`). Note the release's own spelling `comsumer`.
+C2S_TEST = "img/TOPS/T_Shirt/id_00000001"
+C2S_VAL = "img/TOPS/T_Shirt/id_00000283"
+REAL_C2S = [
+    f"{C2S_TEST}/comsumer_01.jpg {C2S_TEST}/shop_02.jpg id_00000001 test",
+    f"{C2S_TEST}/comsumer_06.jpg {C2S_TEST}/shop_02.jpg id_00000001 test",
+    f"{C2S_TEST}/comsumer_03.jpg {C2S_TEST}/shop_01.jpg id_00000001 test",
+    f"{C2S_TEST}/comsumer_02.jpg {C2S_TEST}/shop_01.jpg id_00000001 test",
+    f"{C2S_TEST}/comsumer_05.jpg {C2S_TEST}/shop_01.jpg id_00000001 test",
+    f"{C2S_VAL}/comsumer_02.jpg {C2S_VAL}/shop_01.jpg id_00000283 val",
+    f"{C2S_VAL}/comsumer_03.jpg {C2S_VAL}/shop_01.jpg id_00000283 val",
+    f"{C2S_VAL}/comsumer_01.jpg {C2S_VAL}/shop_01.jpg id_00000283 val",
+]
+# No public source lists a train pair; these reuse the real names of val item id_00000468
+# (czla's val.txt) with status train, only to test how train pairs are mapped.
+C2S_TRAIN_ITEM = "img/TOPS/T_Shirt/id_00000468"
+C2S_TRAIN = [f"{C2S_TRAIN_ITEM}/comsumer_0{i}.jpg {C2S_TRAIN_ITEM}/shop_01.jpg id_00000468 train"
+             for i in (1, 2)]
 
 
 def test_c2s_dedup_domains_and_roles(tmp_path):
-    entries = [
-        "img/TOPS/id_1/comsumer_01.jpg img/TOPS/id_1/shop_01.jpg id_1 train",
-        "img/TOPS/id_1/comsumer_02.jpg img/TOPS/id_1/shop_01.jpg id_1 train",
-        "img/TOPS/id_2/comsumer_01.jpg img/TOPS/id_2/shop_01.jpg id_2 test",
-        "img/TOPS/id_2/comsumer_01.jpg img/TOPS/id_2/shop_02.jpg id_2 test",
-        "img/TOPS/id_2/comsumer_02.jpg img/TOPS/id_2/shop_01.jpg id_2 test",
-        "img/TOPS/id_3/comsumer_01.jpg img/TOPS/id_3/shop_01.jpg id_3 val",
-    ]
+    entries = C2S_TRAIN + REAL_C2S
     write_partition(tmp_path, C2S_HEADER, entries)
     write_jpegs(tmp_path, {p for e in entries for p in e.split()[:2]})
     rows, stats = read_deepfashion_c2s(str(tmp_path))
     rows = by_path(rows)
-    assert len(rows) == 9  # 12 image mentions, 3 repeats merged
-    assert stats.merged == 3
-    train_shop = rows["img/TOPS/id_1/shop_01.jpg"]
+    assert len(rows) == 14  # 20 image mentions; repeated shop images merged
+    assert stats.merged == 6
+    train_shop = rows[f"{C2S_TRAIN_ITEM}/shop_01.jpg"]
     assert (train_shop["split"], train_shop["domain"], train_shop["role"]) == (
         "extractor_train", "shop", "")
-    assert rows["img/TOPS/id_1/comsumer_02.jpg"]["domain"] == "street"
+    assert rows[f"{C2S_TRAIN_ITEM}/comsumer_02.jpg"]["domain"] == "street"
     queries = {p for p, r in rows.items() if r["role"] == "c2s_query"}
     gallery = {p for p, r in rows.items() if r["role"] == "c2s_gallery"}
-    assert queries == {"img/TOPS/id_2/comsumer_01.jpg", "img/TOPS/id_2/comsumer_02.jpg",
-                       "img/TOPS/id_3/comsumer_01.jpg"}
-    assert gallery == {"img/TOPS/id_2/shop_01.jpg", "img/TOPS/id_2/shop_02.jpg",
-                       "img/TOPS/id_3/shop_01.jpg"}
+    assert queries == {e.split()[0] for e in REAL_C2S}
+    assert gallery == {f"{C2S_TEST}/shop_01.jpg", f"{C2S_TEST}/shop_02.jpg",
+                       f"{C2S_VAL}/shop_01.jpg"}
     assert all(rows[p]["domain"] == "street" for p in queries)
     assert all(rows[p]["split"] == "fir_eval" and rows[p]["domain"] == "shop" for p in gallery)
+    assert rows[f"{C2S_TEST}/comsumer_06.jpg"]["instance_id"] == "id_00000001"
+
+
+def test_c2s_release_layout_bom_crlf(tmp_path):
+    text = "\r\n".join([str(len(REAL_C2S)), C2S_HEADER] + REAL_C2S) + "\r\n"
+    (tmp_path / "Eval").mkdir()
+    (tmp_path / "Eval/list_eval_partition.txt").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    write_jpegs(tmp_path / "Img", {p for e in REAL_C2S for p in e.split()[:2]})
+    rows, stats = read_deepfashion_c2s(str(tmp_path))
+    assert {r["path"] for r in rows} == {"Img/" + p for e in REAL_C2S for p in e.split()[:2]}
+    assert stats.rows_by_split == {"fir_eval": 11} and stats.merged == 5
 
 
 def test_c2s_image_in_two_splits_is_an_error(tmp_path):
-    write_partition(tmp_path, C2S_HEADER, ["img/c.jpg img/s.jpg id_1 train",
-                                           "img/c.jpg img/t.jpg id_2 test"])
-    with pytest.raises(ManifestError, match=r"line 4: image 'img/c.jpg' contradicts .* line 3"):
+    moved = REAL_C2S[5].replace("id_00000283 val", "id_00000283 train")  # val and train at once
+    write_partition(tmp_path, C2S_HEADER, REAL_C2S[5:7] + [moved])
+    with pytest.raises(ManifestError, match=r"line 5: image '.*id_00000283/comsumer_02.jpg' "
+                                            r"contradicts .* line 3"):
         read_deepfashion_c2s(str(tmp_path), check_images=False)
 
 
-def test_c2s_malformed_line(tmp_path):
-    write_partition(tmp_path, C2S_HEADER, ["img/c.jpg img/s.jpg id_1 train",
-                                           "img/c.jpg img/s.jpg train"])
-    with pytest.raises(ManifestError, match=r"line 4: expected 4 fields"):
+@pytest.mark.parametrize("entry, message", [
+    (" ".join(REAL_C2S[0].split()[:3]), r"line 4: expected 4 fields"),
+    (REAL_C2S[0].replace(" test", " query"), r"line 4: unknown evaluation status 'query'"),
+    (REAL_C2S[0].replace("img/TOPS", "../TOPS", 1), r"line 4: image path '../TOPS/.*' escapes"),
+])
+def test_c2s_malformed_line(tmp_path, entry, message):
+    write_partition(tmp_path, C2S_HEADER, [REAL_C2S[1], entry])
+    with pytest.raises(ManifestError, match=r"list_eval_partition.txt: " + message):
         read_deepfashion_c2s(str(tmp_path), check_images=False)
 
 

@@ -114,6 +114,10 @@ def evaluate_run(ctx) -> dict:
     target_idx = queries.target_value.astype(np.int32)
     # The gallery index of the twin that carries exactly this query's target, if any.
     twin_index = metrics.twin_indices(queries, gallery_labels, ids, twin_of)
+    if len(fam) < 2 or len(queries.query_index) == 0:
+        raise ValueError(f"FAM evaluation has nothing to measure: fam_eval holds {len(fam)} "
+                         f"images and {len(queries.query_index)} queries (it needs images with "
+                         "all three attribute labels; see the reader's class table)")
     k_max = min(max(metrics.FAM_KS), len(fam) - 1)
 
     def rank(query_vectors, gallery_vectors):

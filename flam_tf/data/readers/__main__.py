@@ -21,7 +21,8 @@ flags.DEFINE_string("data_dir", None, "The data set's directory, in its publishe
 flags.DEFINE_string("out", None, "manifest.csv to write (best inside --data_dir).")
 flags.DEFINE_integer("top_n", 10, "Attribute sets: classes kept per attribute type.")
 flags.DEFINE_integer("fam_eval_size", None, "Attribute sets: dense images in fam_eval "
-                     "(default 5000 DARN, 2000 Shopping100k).")
+                     "(default 5000 DARN, 2000 Shopping100k; 0: no fam_eval). Too few densely "
+                     "labelled images for a fam_eval is an error.")
 flags.DEFINE_integer("seed", 0, "Attribute sets: seed of the fam_eval sample.")
 flags.DEFINE_bool("check_images", True, "Skip (and count) entries whose image file is missing.")
 flags.DEFINE_string("class_table", None, "JSON naming a source's class codes: shopping100k a "

@@ -371,14 +371,32 @@ def map_top_classes(counts: Mapping[str, int], attribute: str, top_n: int,
     return {s: mapping[s] for s in top}
 
 
-def sample_fam_eval(rows: List[Row], size: int, seed: int) -> None:
+MIN_FAM_EVAL = 2  # a FAM gallery of one image ranks nothing
+
+
+def sample_fam_eval(rows: List[Row], size: int, seed: int, stats: Optional[ReadStats] = None,
+                    hint: str = "") -> None:
     """Moves `size` densely labelled rows (all three labels) into split fam_eval, in place.
 
     The sample is drawn uniformly with `random.Random(seed)` among the dense rows in their order
     in `rows`, so the same input and seed give the same set. If fewer dense rows exist, all of them
     are taken and a warning is logged.
+
+    Args:
+        rows: manifest rows (changed in place).
+        size: how many rows to move; 0 asks for no fam_eval at all.
+        seed: seed of the sample.
+        stats: the reader's ReadStats, named in the error below (source, first missing labels).
+        hint: what the user can do about it, appended to that error.
+
+    Raises:
+        ManifestError: `size` > 0 but fewer than MIN_FAM_EVAL rows have all three labels, so FAM
+            evaluation would have no (or a one-image) gallery. One line: the labelled image count
+            per type, where the first label was made missing, and `hint`.
     """
     dense = [r for r in rows if all(r[a] for a in vocabulary.ATTRIBUTE_TYPES)]
+    if size > 0 and len(dense) < MIN_FAM_EVAL:
+        raise ManifestError(empty_fam_eval_message(rows, len(dense), size, stats, hint))
     if size > len(dense):
         logging.warning("fam_eval_size=%d but only %d densely labelled images; taking all",
                         size, len(dense))
@@ -387,16 +405,39 @@ def sample_fam_eval(rows: List[Row], size: int, seed: int) -> None:
         dense[index]["split"], dense[index]["role"] = "fam_eval", FAM_ROLE
 
 
+def empty_fam_eval_message(rows: Sequence[Mapping[str, str]], num_dense: int, size: int,
+                           stats: Optional[ReadStats], hint: str) -> str:
+    """The one-line error of `sample_fam_eval` when too few rows have all three labels: the counts,
+    the commonest reason a label was made missing with its first file and line, then `hint`. Kept
+    short (the CLIs print one line and may cut a long one in the middle)."""
+    source = stats.source if stats else "reader"
+    labelled = ", ".join(f"{a} {sum(1 for r in rows if r[a])}" for a in vocabulary.ATTRIBUTE_TYPES)
+    message = (f"{source}: fam_eval would be empty: {num_dense} of {len(rows)} images have all "
+               f"three labels (labelled: {labelled}; fam_eval_size={size})")
+    if stats and stats.labels_missing:
+        reason = max(stats.labels_missing, key=stats.labels_missing.get)  # first of the commonest
+        message += f"; first missing label at {stats.first_label_missing[reason]} ({reason})"
+    elif stats and any(stats.labels_dropped.values()):
+        message += f"; labels outside the top-N classes: {stats.labels_dropped}"
+    return message + (f". {hint}" if hint else "")
+
+
 def label_attribute_rows(records: Sequence[Tuple[str, str, Mapping[str, str]]],
                          stats: ReadStats, domain: str, top_n: int,
                          class_table: Mapping[str, Mapping[str, str]],
-                         fam_eval_size: int, seed: int, fallback: bool = True) -> List[Row]:
+                         fam_eval_size: int, seed: int, fallback: bool = True,
+                         empty_fam_eval_hint: str = "") -> List[Row]:
     """Turns (path, instance_id, {type: source class}) records into attribute-set manifest rows.
 
     Per type, only the `top_n` source classes by image count are kept (mapped by
     `map_top_classes`); other labels become missing. Rows with at least one label go to
     attribute_train, rows with none to unlabelled; then `fam_eval_size` dense rows move to fam_eval.
     `fallback`: as in `map_top_classes` (False: an unmatched source class becomes missing).
+    `empty_fam_eval_hint`: appended to the error raised when no fam_eval can be drawn.
+
+    Raises:
+        ManifestError: fam_eval_size > 0 but (almost) no row has all three labels (see
+            `sample_fam_eval`).
     """
     rows = []
     for attribute in vocabulary.ATTRIBUTE_TYPES:
@@ -410,5 +451,6 @@ def label_attribute_rows(records: Sequence[Tuple[str, str, Mapping[str, str]]],
                   if c in stats.class_maps[a]}
         rows.append(make_row(path, instance_id, domain,
                              "attribute_train" if labels else "unlabelled", labels=labels))
-    sample_fam_eval(rows, fam_eval_size, seed)
+    if rows:  # no row at all is ReadStats.finish's "no images read" error
+        sample_fam_eval(rows, fam_eval_size, seed, stats, empty_fam_eval_hint)
     return rows

@@ -20,7 +20,10 @@ an error naming the file and line. The category is also read from the category f
 with no canonical match is missing too (never mapped onto an unused class).
 
 As in the paper's Table 1 the top-N classes of each attribute type are kept; 2K densely labelled
-images form fam_eval.
+images form fam_eval. With the shipped table alone (color and pattern codes unnamed) no image has
+all three labels, so asking for fam_eval is a one-line error that says so and names the first
+unnamed code's file and line: pass a code table, or fam_eval_size=0 for a manifest without
+fam_eval.
 """
 
 import json
@@ -60,6 +63,10 @@ CODE_TABLE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 FAM_EVAL_SIZE = 2000
 MISSING_CODE = -1
 CATEGORY_FOLDER = re.compile(r"^\d+_(.+)$")
+EMPTY_FAM_EVAL_HINT = (  # the codes have no published names (see CODE_TABLE_FILE)
+    "Name the color and pattern codes with a class table like "
+    "flam_tf/data/readers/shopping100k_codes.json (flam_tf.train --data_class_table FILE, "
+    "flam_tf.data.readers --class_table FILE), or use flam_tf.data.readers --fam_eval_size 0")
 
 
 def load_code_table(path: str) -> Dict[str, dict]:
@@ -160,7 +167,9 @@ def read_shopping100k(data_dir: str, top_n: int = 10, fam_eval_size: int = FAM_E
         FileNotFoundError: Attributes/<field>.txt is missing for color or pattern (or another field
             mapped to a type; category.txt may be absent: the folder names give the category).
         ManifestError: a malformed line, a code that is not an integer >= -1, or a path leaving
-            data_dir, naming the file and line.
+            data_dir, naming the file and line; or fam_eval_size > 0 while (almost) no image has
+            all three labels (e.g. color / pattern codes left unnamed: no class table), naming
+            the first unnamed code's file and line.
         ValueError: a bad field map, class table or code table.
     """
     stats = common.ReadStats("shopping100k")
@@ -231,6 +240,6 @@ def read_shopping100k(data_dir: str, top_n: int = 10, fam_eval_size: int = FAM_E
     stats.hint = (f"Looked for the images listed in {attribute_dir}/*.txt under "
                   f"{os.path.join(data_dir, 'Images')}/.")
     rows = common.label_attribute_rows(records, stats, "shop", top_n, table, fam_eval_size, seed,
-                                       fallback=False)
+                                       fallback=False, empty_fam_eval_hint=EMPTY_FAM_EVAL_HINT)
     stats.finish(rows)
     return rows, stats
