@@ -152,3 +152,11 @@ def test_build_md_input_table_is_the_input_pipeline_file():
     table = between(read("BUILD.md"), input_pipeline.TABLE_BEGIN, input_pipeline.TABLE_END)
     assert table == input_pipeline.table(saved).strip()
     assert saved["extractor"]["feeds"]["memory"]["fraction_of_memory"] == 1.0
+
+
+def test_build_md_gpu_table_is_the_flops_file():
+    """BUILD.md section 3.5's GPU estimate table is benchmarks/flops.json, rendered."""
+    flops = benchmark_module("flops")
+    saved = benchmark_file("flops.json")
+    table = between(read("BUILD.md"), flops.TABLE_BEGIN, flops.TABLE_END)
+    assert table == flops.table(saved).strip()
