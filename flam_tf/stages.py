@@ -206,7 +206,7 @@ def stage_extractor(ctx: Context) -> Dict[str, float]:
     history = model.fit(ds, epochs=c.epochs, steps_per_epoch=c.steps_per_epoch,
                         callbacks=callbacks, verbose=2)
     metrics = ctx.save_history("extractor", history, callbacks)
-    model.save(ctx.run.model_path("extractor"))
+    _save_model(model, ctx.run.model_path("extractor"))
     return {k: v[-1] for k, v in metrics.items() if v}
 
 
@@ -234,6 +234,15 @@ def stage_features(ctx: Context) -> Dict[str, int]:
               twin_of=m.get("twin_of")[fam], is_query=m.has_role("fam_query")[fam])
     return {"num_features": int(len(features)), "feature_dim": int(features.shape[1]),
             "fam_gallery": int(fam.sum())}
+
+
+def _save_model(model, path: str) -> None:
+    """model.save, atomic: a kill while it writes leaves no file at `path` (a partial .keras
+    file there would pass for a finished model, e.g. a manipulator variant, on resume)."""
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")  # Keras wants the .keras suffix
+    model.save(tmp)
+    os.replace(tmp, path)
 
 
 def _save_npz(npz_file: str, **arrays) -> None:
@@ -290,7 +299,7 @@ def stage_embedders(ctx: Context) -> Dict[str, float]:
     history = model.fit(ds, epochs=c.epochs, steps_per_epoch=steps, callbacks=callbacks,
                         verbose=2)
     metrics = ctx.save_history("embedders", history, callbacks)
-    model.save(ctx.run.model_path("embedder"))
+    _save_model(model, ctx.run.model_path("embedder"))
     return {k: v[-1] for k, v in metrics.items() if v}
 
 
@@ -370,7 +379,7 @@ def _train_manipulator(ctx: Context, variant: str) -> float:
     history = model.fit(ds, epochs=c.epochs if variant == FLAM else c.paper_epochs,
                         steps_per_epoch=steps, callbacks=callbacks, verbose=2)
     metrics = ctx.save_history(name, history, callbacks)
-    model.save(ctx.run.model_path(name))
+    _save_model(model, ctx.run.model_path(name))
     return float(metrics["cycle_cosine"][-1]) if metrics.get("cycle_cosine") else float("nan")
 
 
@@ -419,7 +428,7 @@ def stage_baselines(ctx: Context) -> Dict[str, float]:
                             verbose=2)
         metrics = ctx.save_history(stem, history, callbacks)
         model.fit_prototypes(x, y)
-        model.save(ctx.run.model_path(stem))
+        _save_model(model, ctx.run.model_path(stem))
         out[name] = metrics["loss"][-1] if metrics.get("loss") else float("nan")
     if c.pixel_epochs > 0:
         for name, stem in PIXEL_BASELINES.items():
@@ -463,7 +472,7 @@ def _train_pixel_baseline(ctx: Context, name: str, stem: str) -> float:
                                                   max_pixels=ctx.config.data.max_image_pixels)]
     encoded[rows] = np.concatenate(parts)
     model.head.fit_prototypes(encoded[m["split"] == "attribute_train"], labels)
-    model.save(ctx.run.model_path(stem))
+    _save_model(model, ctx.run.model_path(stem))
     _save_npz(pixel_baseline_features_path(ctx, stem), feature=encoded)
     return metrics["loss"][-1] if metrics.get("loss") else float("nan")
 
