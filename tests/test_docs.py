@@ -134,29 +134,31 @@ def test_readme_quality_table_is_the_quality_benchmarks_file():
     assert len(saved["runs"]) >= 3 or saved["preset"] != "default"
 
 
+def assert_build_md_table_is_rendered_from(module_name, json_name, render):
+    """BUILD.md's table between the benchmark module's TABLE_BEGIN/TABLE_END markers equals
+    `module.<render>(saved json)`; returns the saved json for the caller's own checks."""
+    module = benchmark_module(module_name)
+    saved = benchmark_file(json_name)
+    table = between(read("BUILD.md"), module.TABLE_BEGIN, module.TABLE_END)
+    assert table == getattr(module, render)(saved).strip()
+    return saved
+
+
 def test_build_md_sweep_table_is_the_sweep_file():
     """BUILD.md section 8's manipulator table is benchmarks/manipulator_sweep.json, rendered."""
     pytest.importorskip("tensorflow")  # the sweep module imports the package
-    manipulator_sweep = benchmark_module("manipulator_sweep")
-    sweep = benchmark_file("manipulator_sweep.json")
-    table = between(read("BUILD.md"), manipulator_sweep.TABLE_BEGIN, manipulator_sweep.TABLE_END)
-    assert table == manipulator_sweep.sweep_table(sweep).strip()
+    sweep = assert_build_md_table_is_rendered_from("manipulator_sweep", "manipulator_sweep.json",
+                                                   "sweep_table")
     assert "default" in sweep["results"]
 
 
 def test_build_md_input_table_is_the_input_pipeline_file():
     """BUILD.md section 3.3's input-speed table is benchmarks/input_pipeline.json, rendered."""
     pytest.importorskip("tensorflow")  # the benchmark module imports the package
-    input_pipeline = benchmark_module("input_pipeline")
-    saved = benchmark_file("input_pipeline.json")
-    table = between(read("BUILD.md"), input_pipeline.TABLE_BEGIN, input_pipeline.TABLE_END)
-    assert table == input_pipeline.table(saved).strip()
+    saved = assert_build_md_table_is_rendered_from("input_pipeline", "input_pipeline.json", "table")
     assert saved["extractor"]["feeds"]["memory"]["fraction_of_memory"] == 1.0
 
 
 def test_build_md_gpu_table_is_the_flops_file():
     """BUILD.md section 3.5's GPU estimate table is benchmarks/flops.json, rendered."""
-    flops = benchmark_module("flops")
-    saved = benchmark_file("flops.json")
-    table = between(read("BUILD.md"), flops.TABLE_BEGIN, flops.TABLE_END)
-    assert table == flops.table(saved).strip()
+    assert_build_md_table_is_rendered_from("flops", "flops.json", "table")
