@@ -35,5 +35,9 @@ setup(
         "plot": ["matplotlib>=3.8"],
         "gpu": ["tensorflow[and-cuda]==2.21.0"],
         "bench": ["faiss-cpu"],
+        # The catalogue index on Milvus (flam_tf/serving/catalog_index.py): the client, and Milvus
+        # Lite, the embedded engine behind a local .db URI (it brings faiss-cpu). Pinned to the
+        # versions measured with tensorflow 2.21 / protobuf 7 (pip check clean).
+        "index": ["pymilvus==3.0.2", "milvus-lite==3.2.2"],
     },
 )

@@ -48,6 +48,7 @@ from flam_tf import vocabulary  # noqa: E402
 from flam_tf.data import synthetic  # noqa: E402
 from flam_tf.serving import signatures as sig  # noqa: E402
 from quality import QUALITY_BEGIN, QUALITY_END  # noqa: E402  (its BENCHMARKS.md section)
+from index_bench import INDEX_HEADING, TABLE_BEGIN as INDEX_BEGIN, TABLE_END as INDEX_END  # noqa: E402
 
 SECTIONS = ("ceiling", "synthetic", "extractor_training", "extraction", "feature_training",
             "manipulation", "search", "main_job")
@@ -784,13 +785,16 @@ def write_markdown(path, results, machine, mode, elapsed, findings):
                      f"{r.get('note', '')} |")
     lines += ["", "## Findings", ""] + findings + [""]
     text = "\n".join(lines)
-    # The quality section belongs to benchmarks/quality.py: carried over unchanged.
+    # The quality and catalogue-index sections belong to benchmarks/quality.py and
+    # benchmarks/index_bench.py: carried over unchanged.
     if os.path.exists(path):
         with open(path) as f:
             old = f.read()
-        if QUALITY_BEGIN in old and QUALITY_END in old:
-            kept = old[old.index(QUALITY_BEGIN):old.index(QUALITY_END) + len(QUALITY_END)]
-            text = text.rstrip("\n") + "\n\n" + kept + "\n"
+        for heading, begin, end in (("", QUALITY_BEGIN, QUALITY_END),
+                                    (INDEX_HEADING, INDEX_BEGIN, INDEX_END)):
+            if begin in old and end in old:
+                kept = old[old.index(begin):old.index(end) + len(end)]
+                text = text.rstrip("\n") + "\n\n" + heading + kept + "\n"
     with open(path, "w") as f:
         f.write(text)
 

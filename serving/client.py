@@ -2,9 +2,11 @@
 
     python -m serving.client [--server 127.0.0.1:8500] COMMAND (--image F ... | --feature_npy F)
         [--set color=red ...] [--k 10] [--output out.npy]
-        [--contact_sheet out.png --gallery_root DIR]
+        [--contact_sheet out.png --gallery_root DIR] [--index URI [--collection NAME]]
 
 COMMAND: extract, manipulate, describe, search. Errors: one line on stderr, exit code 1.
+search --index URI: image -> extractor -> manipulator (served) -> the catalogue index on Milvus
+(a .db path or http://host:19530, see `python -m serving.index`) instead of the searcher model.
 """
 
 import os
@@ -24,6 +26,9 @@ flags.DEFINE_integer("k", 10, "Results per query (search).")
 flags.DEFINE_string("output", None, "Write the resulting features here as .npy.")
 flags.DEFINE_string("contact_sheet", None, "Write a PNG of the search results here.")
 flags.DEFINE_string("gallery_root", None, "Folder the gallery ids (image paths) are relative to.")
+flags.DEFINE_string("index", None, "search: a catalogue index on Milvus (.db path or "
+                    "http://host:19530) instead of the searcher model; pip install -e '.[index]'.")
+flags.DEFINE_string("collection", None, "The --index collection (default flam_catalog).")
 FLAGS = flags.FLAGS
 
 
@@ -35,7 +40,7 @@ def main(argv):
         return 1
     return client.run_cli(argv[1], FLAGS.server, FLAGS.image, FLAGS.feature_npy, FLAGS.set,
                           FLAGS.k, FLAGS.output, FLAGS.contact_sheet, FLAGS.gallery_root,
-                          FLAGS.timeout_s)
+                          FLAGS.timeout_s, index=FLAGS.index, collection=FLAGS.collection)
 
 
 if __name__ == "__main__":

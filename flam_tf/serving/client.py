@@ -313,7 +313,8 @@ def _contact_sheet(path: str, queries: List[str], ids: np.ndarray, scores: np.nd
 def run_cli(command: str, server: str = "127.0.0.1:8500", images: Sequence[str] = (),
             feature_npy: Optional[str] = None, sets: Sequence[str] = (), k: int = 10,
             output: Optional[str] = None, contact_sheet: Optional[str] = None,
-            gallery_root: Optional[str] = None, timeout_s: float = 10.0, out=None) -> int:
+            gallery_root: Optional[str] = None, timeout_s: float = 10.0, out=None,
+            index: Optional[str] = None, collection: Optional[str] = None) -> int:
     """Runs one client command; prints tables to `out` (stdout) and errors as one line on stderr.
 
     Args:
@@ -325,6 +326,9 @@ def run_cli(command: str, server: str = "127.0.0.1:8500", images: Sequence[str] 
         output: .npy file for the resulting features (extract, manipulate).
         contact_sheet: PNG file for a picture of the search results (needs gallery_root).
         gallery_root: folder the gallery ids (image paths) are relative to.
+        index: search a catalogue index on Milvus (a .db path or http://host:19530; see
+            flam_tf.serving.catalog_index) instead of the `searcher` model.
+        collection: the index's collection (default catalog_index.DEFAULT_COLLECTION).
 
     Returns:
         The exit code: 0, or 1 after printing the error.
@@ -340,6 +344,13 @@ def run_cli(command: str, server: str = "127.0.0.1:8500", images: Sequence[str] 
             raise ValueError("manipulate needs at least one --set attribute=value")
         if contact_sheet and not (gallery_root and images):
             raise ValueError("--contact_sheet needs --gallery_root and query --image files")
+        if index and command != "search":
+            raise ValueError(f"--index is for search only. Received: command={command!r}")
+        catalog = None
+        if index:  # opened first: a missing extra or collection fails before any model call
+            from flam_tf.serving import catalog_index
+            catalog = catalog_index.CatalogIndex(
+                index, collection or catalog_index.DEFAULT_COLLECTION, timeout_s=timeout_s)
         edits = parse_edits(list(sets)) if sets else None
         data, given = [], None
         for path in images:
@@ -355,6 +366,8 @@ def run_cli(command: str, server: str = "127.0.0.1:8500", images: Sequence[str] 
                     features = client.manipulate(features, *edits, version=version)
                 if command == "describe":
                     return features, client.describe(features, version=version)
+                if command == "search" and catalog is not None:
+                    return features, catalog.search(features, k)
                 if command == "search":
                     return features, client.search(features, k, version=version)
                 return features, None
