@@ -15,6 +15,11 @@ uninterrupted run gives. That takes three things, all here:
 * `stage_seed(seed, name)`: each stage (and each model a stage trains) seeds the global random
   state from the run seed and its own name, so what a stage does depends on nothing an earlier
   stage did in the same process: a run split across invocations equals one run.
+
+In a multi-worker cluster every task restores from the chief's backups (`backup_dir`, on the
+shared file system: the weights are the same on every task), and every task writes each epoch's
+backup, because reading the metrics' variables is an all-reduce every task must join; a worker
+writes its copy into its own `write_dir` and deletes it at once (Keras' temp-dir pattern).
 """
 
 import json
@@ -86,15 +91,26 @@ class EpochBackup(keras.callbacks.Callback):
 
     Args:
         backup_dir: folder for this model's backups (one per model: do not share it).
+        write_dir: a worker of a multi-worker cluster: its private folder, where it writes each
+            epoch's backup and deletes it; it restores from `backup_dir` (the chief's), which it
+            never writes. None (the chief, or one process): backups go to `backup_dir`.
+        name: the model, in the line printed when a fit resumes.
     """
 
-    def __init__(self, backup_dir: str):
+    def __init__(self, backup_dir: str, write_dir: Optional[str] = None,
+                 name: Optional[str] = None):
         super().__init__()
         self.backup_dir = backup_dir
+        self.write_dir = write_dir
+        self.name = name or os.path.basename(os.path.normpath(backup_dir))
         self.previous_history: Dict[str, List[float]] = {}
+        self.restored_epoch = 0
 
     def on_train_begin(self, logs=None):
-        self._remove_temporaries()
+        if self.write_dir is None:
+            self._remove_temporaries()
+        else:
+            shutil.rmtree(self.write_dir, ignore_errors=True)
         backups = _backups(self.backup_dir)
         if not backups:
             return
@@ -114,13 +130,16 @@ class EpochBackup(keras.callbacks.Callback):
             state = json.load(f)
         self.previous_history = state.get("history", {})
         self.model._initial_epoch = epoch
+        self.restored_epoch = epoch
+        print(f"{self.name}: resumed from the epoch-{epoch} backup", flush=True)
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             self.previous_history.setdefault(key, []).append(float(value))
-        os.makedirs(self.backup_dir, exist_ok=True)
-        final = os.path.join(self.backup_dir, f"epoch-{epoch + 1:05d}")
-        tmp = os.path.join(self.backup_dir, f".tmp-epoch-{epoch + 1:05d}")
+        target = self.backup_dir if self.write_dir is None else self.write_dir
+        os.makedirs(target, exist_ok=True)
+        final = os.path.join(target, f"epoch-{epoch + 1:05d}")
+        tmp = os.path.join(target, f".tmp-epoch-{epoch + 1:05d}")
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         self.model.save_weights(os.path.join(tmp, WEIGHTS_FILE))
@@ -131,6 +150,9 @@ class EpochBackup(keras.callbacks.Callback):
             json.dump({"epoch": epoch + 1, "history": self.previous_history}, f)
             f.flush()
             os.fsync(f.fileno())
+        if self.write_dir is not None:  # a worker: its copy was only written to take part
+            shutil.rmtree(self.write_dir, ignore_errors=True)
+            return
         shutil.rmtree(final, ignore_errors=True)  # only if a crashed run left the same epoch
         os.rename(tmp, final)
         for old_epoch, folder in _backups(self.backup_dir):
@@ -138,7 +160,8 @@ class EpochBackup(keras.callbacks.Callback):
                 shutil.rmtree(folder, ignore_errors=True)
 
     def on_train_end(self, logs=None):
-        shutil.rmtree(self.backup_dir, ignore_errors=True)
+        shutil.rmtree(self.backup_dir if self.write_dir is None else self.write_dir,
+                      ignore_errors=True)
 
     def _remove_temporaries(self) -> None:
         if os.path.isdir(self.backup_dir):

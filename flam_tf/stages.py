@@ -6,6 +6,11 @@ Each stage reads what earlier stages left in the run directory (never their in-m
 any stage can be rerun alone with `--stages`, and a killed run resumes: finished stages are skipped,
 and a training stage restarts from its last epoch backup (epoch_backup.EpochBackup). Each
 stage seeds itself from the run seed and its name: a run split across processes equals one run.
+
+Multi-worker (`--strategy=multi_worker`, see flam_tf.distribute): every task runs the stages that
+train (TRAINING_STAGES), the chief alone the others, and only the chief writes the run directory:
+a stage writes through `ctx.output_path` / `ctx.save_model`, which give a worker its scratch
+folder, and reads decisions the chief took through `ctx.exists` / `ctx.resume_epoch`.
 """
 
 import os
@@ -18,6 +23,7 @@ import keras
 from absl import logging
 
 from flam_tf import config as config_lib
+from flam_tf import distribute
 from flam_tf import models  # noqa: F401  (registers the classes keras.saving.load_model needs)
 from flam_tf import vocabulary
 from flam_tf.data import manifest as manifest_lib
@@ -49,14 +55,46 @@ def variant_model_name(variant: str) -> str:
 
 
 class Context:
-    """What every stage gets: config, run directory, strategy."""
+    """What every stage gets: config, run directory, strategy, and this task's role in the
+    cluster (`cluster`; one process: the chief of a cluster of one)."""
 
     def __init__(self, config: config_lib.ExperimentConfig, run: RunDirectory,
-                 strategy: tf.distribute.Strategy):
+                 strategy: tf.distribute.Strategy, cluster: Optional[distribute.Cluster] = None):
         self.config = config
         self.run = run
         self.strategy = strategy
+        self.cluster = cluster or distribute.Cluster(strategy)
+        # A worker's private folder for what Keras makes it write (None on the chief).
+        self.scratch = self.cluster.scratch_dir(run.root)
+        distribute.remove_tree(self.scratch)  # what a killed worker left
         self._manifest: Optional[manifest_lib.Manifest] = None
+
+    # -- multi-worker: where a task writes, what the chief decided --------------------------------
+    def output_path(self, path: str) -> str:
+        """Where this task writes the run-directory file `path`: `path` on the chief; on a worker
+        the same relative path in its scratch folder (removed by `close`)."""
+        if self.scratch is None:
+            return path
+        out = os.path.join(self.scratch, os.path.relpath(path, self.run.root))
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        return out
+
+    def save_model(self, model: keras.Model, path: str) -> None:
+        """`model.save(path)` on the chief; a worker saves too (reading the metrics' variables is
+        an all-reduce), into its scratch folder, and deletes the file."""
+        out = self.output_path(path)
+        _save_model(model, out)
+        if out != path:
+            os.remove(out)
+
+    def exists(self, path: str) -> bool:
+        """Whether `path` exists, as the chief sees it (the same answer on every task)."""
+        return self.cluster.chief_value(f"exists {os.path.relpath(path, self.run.root)}",
+                                        lambda: os.path.exists(path))
+
+    def close(self) -> None:
+        """Removes a worker's scratch folder."""
+        distribute.remove_tree(self.scratch)
 
     @property
     def manifest(self) -> manifest_lib.Manifest:
@@ -67,15 +105,20 @@ class Context:
     def callbacks(self, name: str) -> List[keras.callbacks.Callback]:
         """Epoch backups for resuming, TensorBoard summaries, and a NaN guard, for the model
         `name` (a stage, or one of the models a stage trains)."""
+        backup_dir = self.run.checkpoint_dir(name)
         return [
-            EpochBackup(self.run.checkpoint_dir(name)),
-            keras.callbacks.TensorBoard(self.run.log_dir(name), write_graph=False),
+            EpochBackup(backup_dir, None if self.scratch is None else self.output_path(backup_dir),
+                        name=name),
+            keras.callbacks.TensorBoard(self.output_path(self.run.log_dir(name)),
+                                        write_graph=False),
             keras.callbacks.TerminateOnNaN(),
         ]
 
     def resume_epoch(self, name: str) -> int:
-        """Epochs the model `name` already trained before an interruption (0: none)."""
-        return resume_epoch(self.run.checkpoint_dir(name))
+        """Epochs the model `name` already trained before an interruption (0: none); the
+        chief's backups decide, for every task."""
+        return self.cluster.chief_value(f"resume {name}",
+                                        lambda: resume_epoch(self.run.checkpoint_dir(name)))
 
     def seed(self, name: str) -> int:
         """Seeds the global random state for the stage or model `name` (see epoch_backup)."""
@@ -86,7 +129,7 @@ class Context:
         """Writes the epoch metrics of the whole fit, epochs before an interruption included."""
         backup = next((c for c in callbacks if isinstance(c, EpochBackup)), None)
         merged = merged_history(backup, history)
-        write_json(self.run.path("logs", f"{name}_history.json"), merged)
+        write_json(self.output_path(self.run.path("logs", f"{name}_history.json")), merged)
         return merged
 
 
@@ -203,10 +246,10 @@ def stage_extractor(ctx: Context) -> Dict[str, float]:
         schedule = keras.optimizers.schedules.CosineDecay(c.learning_rate, total, alpha=0.05)
         model.compile(optimizer=keras.optimizers.Adam(schedule))
     callbacks = ctx.callbacks("extractor")
-    history = model.fit(ds, epochs=c.epochs, steps_per_epoch=c.steps_per_epoch,
-                        callbacks=callbacks, verbose=2)
+    history = distribute.fit(model, ds, epochs=c.epochs, steps_per_epoch=c.steps_per_epoch,
+                             callbacks=callbacks, verbose=2)
     metrics = ctx.save_history("extractor", history, callbacks)
-    _save_model(model, ctx.run.model_path("extractor"))
+    ctx.save_model(model, ctx.run.model_path("extractor"))
     return {k: v[-1] for k, v in metrics.items() if v}
 
 
@@ -296,10 +339,10 @@ def stage_embedders(ctx: Context) -> Dict[str, float]:
     ds, steps = _feature_dataset(x, y, min(c.batch_size, len(x)), ctx.config.runtime.seed,
                                  skip_epochs=ctx.resume_epoch("embedders"))
     callbacks = ctx.callbacks("embedders")
-    history = model.fit(ds, epochs=c.epochs, steps_per_epoch=steps, callbacks=callbacks,
-                        verbose=2)
+    history = distribute.fit(model, ds, epochs=c.epochs, steps_per_epoch=steps,
+                             callbacks=callbacks, verbose=2)
     metrics = ctx.save_history("embedders", history, callbacks)
-    _save_model(model, ctx.run.model_path("embedder"))
+    ctx.save_model(model, ctx.run.model_path("embedder"))
     return {k: v[-1] for k, v in metrics.items() if v}
 
 
@@ -320,7 +363,7 @@ def stage_manipulator(ctx: Context) -> Dict[str, float]:
     variants = [FLAM, FLAM_PAPER] + (list(ABLATIONS) if ctx.config.evaluation.ablations else [])
     results = {}
     for variant in variants:
-        if os.path.exists(ctx.run.model_path(variant_model_name(variant))):
+        if ctx.exists(ctx.run.model_path(variant_model_name(variant))):
             continue  # a variant finished before an interruption
         ctx.seed(variant_model_name(variant))  # whether or not earlier variants ran here
         results[variant] = _train_manipulator(ctx, variant)
@@ -376,10 +419,10 @@ def _train_manipulator(ctx: Context, variant: str) -> float:
     ds, steps = _feature_dataset(x, None, min(c.batch_size, len(x)), ctx.config.runtime.seed,
                                  skip_epochs=ctx.resume_epoch(name))
     callbacks = ctx.callbacks(name)
-    history = model.fit(ds, epochs=c.epochs if variant == FLAM else c.paper_epochs,
-                        steps_per_epoch=steps, callbacks=callbacks, verbose=2)
+    history = distribute.fit(model, ds, epochs=c.epochs if variant == FLAM else c.paper_epochs,
+                             steps_per_epoch=steps, callbacks=callbacks, verbose=2)
     metrics = ctx.save_history(name, history, callbacks)
-    _save_model(model, ctx.run.model_path(name))
+    ctx.save_model(model, ctx.run.model_path(name))
     return float(metrics["cycle_cosine"][-1]) if metrics.get("cycle_cosine") else float("nan")
 
 
@@ -415,7 +458,7 @@ def stage_baselines(ctx: Context) -> Dict[str, float]:
     x, y = features[train], label_matrix(m)[train]
     out = {}
     for name, stem in FEATURE_BASELINES.items():
-        if os.path.exists(ctx.run.model_path(stem)):
+        if ctx.exists(ctx.run.model_path(stem)):
             continue
         ctx.seed(stem)
         with ctx.strategy.scope():
@@ -424,15 +467,15 @@ def stage_baselines(ctx: Context) -> Dict[str, float]:
         ds, steps = _feature_dataset(x, y, min(c.batch_size, len(x)), ctx.config.runtime.seed,
                                      skip_epochs=ctx.resume_epoch(stem))
         callbacks = ctx.callbacks(stem)
-        history = model.fit(ds, epochs=c.epochs, steps_per_epoch=steps, callbacks=callbacks,
-                            verbose=2)
+        history = distribute.fit(model, ds, epochs=c.epochs, steps_per_epoch=steps,
+                                 callbacks=callbacks, verbose=2)
         metrics = ctx.save_history(stem, history, callbacks)
         model.fit_prototypes(x, y)
-        _save_model(model, ctx.run.model_path(stem))
+        ctx.save_model(model, ctx.run.model_path(stem))
         out[name] = metrics["loss"][-1] if metrics.get("loss") else float("nan")
     if c.pixel_epochs > 0:
         for name, stem in PIXEL_BASELINES.items():
-            if not os.path.exists(pixel_baseline_features_path(ctx, stem)):
+            if not ctx.exists(pixel_baseline_features_path(ctx, stem)):
                 ctx.seed(stem)
                 out[name] = _train_pixel_baseline(ctx, name, stem)
     return out
@@ -460,8 +503,9 @@ def _train_pixel_baseline(ctx: Context, name: str, stem: str) -> float:
         model.compile(optimizer=keras.optimizers.Adam(
             keras.optimizers.schedules.CosineDecay(e.learning_rate, total, alpha=0.05)))
     callbacks = ctx.callbacks(stem)
-    history = model.fit(ds, epochs=c.pixel_epochs, steps_per_epoch=c.pixel_steps_per_epoch,
-                        callbacks=callbacks, verbose=2)
+    history = distribute.fit(model, ds, epochs=c.pixel_epochs,
+                             steps_per_epoch=c.pixel_steps_per_epoch, callbacks=callbacks,
+                             verbose=2)
     metrics = ctx.save_history(stem, history, callbacks)
     # Encoder features of the images the evaluation needs (zeros elsewhere), then prototypes.
     needed = np.isin(m["split"], ("attribute_train", "fam_eval", "fir_eval"))
@@ -472,8 +516,8 @@ def _train_pixel_baseline(ctx: Context, name: str, stem: str) -> float:
                                                   max_pixels=ctx.config.data.max_image_pixels)]
     encoded[rows] = np.concatenate(parts)
     model.head.fit_prototypes(encoded[m["split"] == "attribute_train"], labels)
-    _save_model(model, ctx.run.model_path(stem))
-    _save_npz(pixel_baseline_features_path(ctx, stem), feature=encoded)
+    ctx.save_model(model, ctx.run.model_path(stem))
+    _save_npz(ctx.output_path(pixel_baseline_features_path(ctx, stem)), feature=encoded)
     return metrics["loss"][-1] if metrics.get("loss") else float("nan")
 
 
@@ -525,8 +569,31 @@ def check_requirements(ctx: Context, stages) -> None:
                                  f"in {ctx.run.root}; add it to --stages")
 
 
+# The stages whose fits every task of a multi-worker cluster joins; the chief alone runs the rest.
+TRAINING_STAGES = ("extractor", "embedders", "manipulator", "baselines")
+
+
+def _plan(ctx: Context, stages, force: bool) -> List[str]:
+    """The stages to run (in pipeline order), after checking their requirements."""
+    check_requirements(ctx, stages)
+    return [s for s in config_lib.STAGES if s in stages and (force or not ctx.run.is_done(s))]
+
+
+def _run_stage(ctx: Context, stage: str) -> float:
+    start = time.time()
+    ctx.seed(stage)
+    info = STAGE_FUNCTIONS[stage](ctx) or {}
+    seconds = time.time() - start
+    if ctx.cluster.is_chief:
+        ctx.run.mark_done(stage, seconds, info=info)
+    return seconds
+
+
 def run_stages(ctx: Context, stages=config_lib.STAGES, force: bool = False) -> Dict[str, float]:
     """Runs `stages` in pipeline order, skipping finished ones unless `force`.
+
+    In a multi-worker cluster the chief makes the plan; a worker runs the TRAINING_STAGES with it
+    and, after each stage, waits until the chief has written its outputs.
 
     Returns:
         {stage: seconds} of every finished stage of the run directory.
@@ -534,19 +601,20 @@ def run_stages(ctx: Context, stages=config_lib.STAGES, force: bool = False) -> D
     Raises:
         ValueError: a stage needs another that has not run (see REQUIRES).
     """
-    check_requirements(ctx, stages)
+    plan = ctx.cluster.chief_value("plan", lambda: _plan(ctx, stages, force))
     for stage in config_lib.STAGES:
         if stage not in stages:
             continue
-        if ctx.run.is_done(stage) and not force:
+        if stage not in plan:
             logging.info("stage %s: already finished, skipped", stage)
             print(f"== {stage}: finished earlier, skipped", flush=True)
             continue
         print(f"== {stage}", flush=True)
-        start = time.time()
-        ctx.seed(stage)
-        info = STAGE_FUNCTIONS[stage](ctx) or {}
-        seconds = time.time() - start
-        ctx.run.mark_done(stage, seconds, info=info)
+        if ctx.cluster.is_chief:
+            seconds = ctx.cluster.chief_value(f"stage {stage}", lambda: _run_stage(ctx, stage))
+        else:
+            if stage in TRAINING_STAGES:
+                _run_stage(ctx, stage)
+            seconds = ctx.cluster.chief_value(f"stage {stage}")  # the chief's outputs written
         print(f"== {stage}: done in {seconds:.1f} s", flush=True)
     return ctx.run.timings()

@@ -10,12 +10,20 @@ flag `--<section>_<field>` (listed by --helpfull). Stages: data, extractor, feat
 manipulator, baselines, evaluate, export. A rerun skips finished stages; a killed run resumes from
 its last epoch backup.
 
+Multi-worker (`--strategy=multi_worker`): start the same command, with the same flags and a
+`--run_dir` on a file system every host shares, once per task, each with its own TF_CONFIG; the
+chief (task "chief", else worker 0) writes the run directory, the workers train with it (see
+flam_tf.distribute and BUILD.md). A task that fails takes the cluster down: restart every task
+and the run resumes from the last epoch backup.
+
 Errors: a bad flag, setting or run directory, a damaged manifest, image or config.json ends the run
 with ONE line on stderr, `flam_tf.train: error: <what is wrong>`, and exit code 2 (--verbose adds
-the traceback). Anything else is a bug: its traceback, then `flam_tf.train: internal error: ...`,
-exit code 1.
+the traceback). A task of a multi-worker cluster that stopped ends the others with one line,
+`flam_tf.train: cluster error: ...`, and exit code 3 (restart every task to resume). Anything else
+is a bug: its traceback, then `flam_tf.train: internal error: ...`, exit code 1.
 """
 
+import json
 import os
 import re
 import sys
@@ -27,6 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 from flam_tf import config as config_lib  # noqa: E402
+from flam_tf.run_directory import RunDirectory  # noqa: E402  (no TensorFlow import)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("preset", "default", f"Named configuration: {list(config_lib.PRESETS)}.")
@@ -102,13 +111,14 @@ def run(config: config_lib.ExperimentConfig, run_dir: str, stages=config_lib.STA
     """Runs the pipeline (importable: tests and notebooks call this).
 
     The stages, the run directory and the config are checked (and config.json written) before
-    TensorFlow is imported, so these errors come quickly and without TensorFlow's start-up lines.
+    TensorFlow is imported, so these errors come quickly and without TensorFlow's start-up lines
+    (multi-worker: after the cluster has formed, by the chief; see `_run_cluster_task`).
     """
-    from flam_tf.run_directory import RunDirectory
-
     unknown = [s for s in stages if s not in config_lib.STAGES]
     if unknown:
         raise ValueError(f"Unknown stages {unknown}; expected a subset of {list(config_lib.STAGES)}")
+    if config.runtime.strategy == "multi_worker":
+        return _run_cluster_task(config, run_dir, stages, force)
     run_directory = RunDirectory(run_dir)
     run_directory.check_or_write_config(config)
 
@@ -124,10 +134,81 @@ def run(config: config_lib.ExperimentConfig, run_dir: str, stages=config_lib.STA
     return stages_lib.run_stages(ctx, stages, force=force)
 
 
+class WorkerRunDirectory(RunDirectory):
+    """A worker's view of the chief's run directory: it reads it, creates nothing and refuses to
+    write (the chief writes config.json and stages.json; stages write through `Context`).
+
+    Raises:
+        ValueError: the run directory holds no config.json (it is not on a file system this host
+            shares with the chief) or one written with other settings (every task must run the
+            same command).
+    """
+
+    def __init__(self, root: str, config: config_lib.ExperimentConfig):  # creates nothing
+        self.root = os.path.abspath(root)
+        path = self.path("config.json")
+        if not os.path.exists(path):
+            raise ValueError(f"{path} does not exist, though the chief wrote it: --run_dir must "
+                             f"be on a file system every task of the cluster shares")
+        with open(path, encoding="utf-8") as f:
+            written = json.load(f)
+        changed = config_lib.diff(written, config.to_dict())
+        if changed:
+            raise ValueError(f"this task's settings differ from the chief's ({path}); start every "
+                             f"task with the same flags. Differences: " + "; ".join(changed))
+
+    def check_or_write_config(self, config):
+        raise RuntimeError("a worker never writes the run directory")
+
+    def mark_done(self, stage, seconds, **info):
+        raise RuntimeError("a worker never writes the run directory")
+
+
+_IN_CLUSTER = False  # this process is a task of a multi-worker cluster (see report_error)
+
+
+def _run_cluster_task(config: config_lib.ExperimentConfig, run_dir: str, stages,
+                      force: bool) -> dict:
+    """`run` as one task of a multi-worker cluster (TF_CONFIG): the chief prepares the run
+    directory, then every task runs the stages (flam_tf.stages.run_stages)."""
+    global _IN_CLUSTER
+    _IN_CLUSTER = True
+    import_tensorflow_quietly()
+    from flam_tf import distribute, stages as stages_lib
+
+    # TF logs one INFO line per eager all-reduce (every metric read, every save): keep it quiet.
+    import logging
+
+    class _QuietCollectives(logging.Filter):
+        def filter(self, record):
+            return record.levelno >= logging.WARNING or not record.pathname.endswith(
+                "cross_device_ops.py")
+
+    sys.modules["tensorflow"].get_logger().addFilter(_QuietCollectives())
+    # Before any other op: the strategy starts this task's server and waits for the others.
+    strategy = distribute.get_strategy("multi_worker")
+    cluster = distribute.Cluster(strategy)
+    print(f"flam_tf: preset={config.preset} run_dir={os.path.abspath(run_dir)} "
+          f"strategy=multi_worker task={cluster.task}{' (chief)' if cluster.is_chief else ''} "
+          f"tasks={cluster.num_tasks} replicas={strategy.num_replicas_in_sync}", flush=True)
+
+    def prepare():
+        run_directory = RunDirectory(run_dir)
+        run_directory.check_or_write_config(config)
+        return run_directory.root
+
+    cluster.chief_value("run directory", prepare)
+    run_directory = (RunDirectory(run_dir) if cluster.is_chief
+                     else WorkerRunDirectory(run_dir, config))
+    ctx = stages_lib.Context(config, run_directory, strategy, cluster)
+    try:
+        return stages_lib.run_stages(ctx, stages, force=force)
+    finally:
+        ctx.close()
+
+
 def print_summary(run_dir: str) -> None:
     """The headline figures of report.json, as a short terminal table."""
-    import json
-
     path = os.path.join(run_dir, "report.json")
     if not os.path.exists(path):
         return
@@ -170,6 +251,18 @@ def one_line(error: BaseException) -> str:
     return message
 
 
+def cluster_errors() -> tuple:
+    """The exception classes that mean another task of a multi-worker cluster stopped."""
+    from flam_tf.distribute import ClusterError
+
+    errors = (ClusterError,)
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:  # a dead peer: collectives and the coordination service report these
+        errors += (tf.errors.UnavailableError, tf.errors.AbortedError,
+                   tf.errors.CancelledError, tf.errors.DeadlineExceededError)
+    return errors
+
+
 def expected_errors() -> tuple:
     """The exception classes that mean bad input (flags, files, data), not a bug."""
     errors = (ValueError, OSError)  # json.JSONDecodeError and ManifestError are ValueErrors
@@ -182,7 +275,18 @@ def expected_errors() -> tuple:
 
 
 def report_error(error: BaseException, verbose: bool = False) -> int:
-    """Prints `error` for the command line; returns the exit code (2: bad input, 1: a bug)."""
+    """Prints `error` for the command line; returns the exit code (2: bad input, 3: another
+    task of the cluster stopped, 1: a bug)."""
+    if _IN_CLUSTER and isinstance(error, cluster_errors()):
+        if verbose:
+            traceback.print_exception(error)
+        from flam_tf.distribute import ClusterError
+
+        hint = ("see the chief's output" if isinstance(error, ClusterError) else
+                "restart every task of the cluster to resume from the last epoch backup")
+        print(f"flam_tf.train: cluster error: {one_line(error)} ({hint})", file=sys.stderr,
+              flush=True)
+        return 3
     if isinstance(error, expected_errors()):
         if verbose:
             traceback.print_exception(error)
@@ -192,6 +296,12 @@ def report_error(error: BaseException, verbose: bool = False) -> int:
     print(f"flam_tf.train: internal error: {type(error).__name__}: {one_line(error)}",
           file=sys.stderr, flush=True)
     return 1
+
+
+def _is_chief_task() -> bool:
+    from flam_tf.distribute import is_chief_task
+
+    return is_chief_task()
 
 
 def parse_flags(argv):
@@ -212,7 +322,8 @@ def main(argv):
         config = resolve_config()
         run_dir = FLAGS.run_dir or os.path.join("runs", config.preset)
         run(config, run_dir, FLAGS.stages, FLAGS.force)
-        print_summary(run_dir)
+        if config.runtime.strategy != "multi_worker" or _is_chief_task():
+            print_summary(run_dir)
     except Exception as e:  # noqa: BLE001 (every error ends as one line; bugs keep a traceback)
         sys.exit(report_error(e, FLAGS.verbose))
     print(f"flam_tf.train: finished in {time.time() - start:.0f} s")
