@@ -71,6 +71,19 @@ def test_rendering_does_not_depend_on_batch_size():
                                   synthetic.render_specs(specs, config, batch_size=64))
 
 
+def test_written_files_do_not_depend_on_the_number_of_processes(tmp_path):
+    """write_benchmark renders batches in worker processes: the files are the same as one
+    process writes (the batches are split unevenly over the workers)."""
+    config = synthetic.SyntheticConfig(num_instances=60, seed=4, image_size=32)
+    one = synthetic.write_benchmark(str(tmp_path / "one"), config, batch_size=50, progress=False,
+                                    processes=1)
+    two = synthetic.write_benchmark(str(tmp_path / "two"), config, batch_size=50, progress=False,
+                                    processes=2)
+    assert len(one) == len(two) > 100
+    a, b = _digest(str(tmp_path / "one")), _digest(str(tmp_path / "two"))
+    assert a == b and len(a) == len(one) + 2  # the images, manifest.csv, contact_sheet.png
+
+
 def test_all_thirty_classes_appear_in_a_few_thousand_instances():
     instances = synthetic.sample_instances(synthetic.SyntheticConfig(num_instances=3000, seed=0))
     for attribute in vocabulary.ATTRIBUTE_TYPES:

@@ -718,32 +718,62 @@ def render_specs(specs: Sequence[ImageSpec], config: SyntheticConfig,
     return out
 
 
+def _write_images(specs: Sequence[ImageSpec], paths: Sequence[str],
+                  config: SyntheticConfig) -> int:
+    """Renders `specs` and writes each as the PNG at the matching path; returns the count."""
+    from PIL import Image  # imported here: only writing needs Pillow
+
+    for path, image in zip(paths, render_specs(specs, config, len(specs))):
+        Image.fromarray(image).save(path, compress_level=1)
+    return len(specs)
+
+
 def write_benchmark(out_dir: str, config: SyntheticConfig, batch_size: int = 512,
-                    progress: bool = True) -> manifest_lib.Manifest:
+                    progress: bool = True, processes: Optional[int] = None
+                    ) -> manifest_lib.Manifest:
     """Renders the whole benchmark into `out_dir` (PNGs, manifest.csv, contact_sheet.png).
 
-    The manifest is written last, so a directory with a manifest is complete: a crash midway
-    leaves no manifest and the next call renders again.
+    Batches of `batch_size` images are rendered and written by `processes` worker processes
+    (default: one per CPU; 1 = in this process). Every image depends only on the seed, its
+    instance and its view, so the files are byte-identical for any number of processes. The
+    manifest is written last, so a directory with a manifest is complete: a crash midway leaves
+    no manifest and the next call renders again.
 
     Returns:
         The manifest, read back from disk.
     """
-    from PIL import Image  # imported here: only writing needs Pillow
-
     specs = image_specs(config)
     rows = [manifest_row(s, config) for s in specs]
     for split in manifest_lib.SPLITS:
         os.makedirs(os.path.join(out_dir, "images", split), exist_ok=True)
-    start = time.time()
-    for b in range(0, len(specs), batch_size):
-        images = render_specs(specs[b:b + batch_size], config, batch_size)
-        for row, image in zip(rows[b:b + batch_size], images):
-            Image.fromarray(image).save(os.path.join(out_dir, row["path"]), compress_level=1)
+    batches = [(specs[b:b + batch_size],
+                [os.path.join(out_dir, r["path"]) for r in rows[b:b + batch_size]])
+               for b in range(0, len(specs), batch_size)]
+    processes = min(processes or os.cpu_count() or 1, len(batches))
+    start, done = time.time(), 0
+
+    def report(count):
+        nonlocal done
+        done += count
         if progress:
-            done = min(b + batch_size, len(specs))
             rate = done / max(time.time() - start, 1e-9)
             print(f"\rsynthetic: {done}/{len(specs)} images ({rate:.0f} images/s)", end="",
                   flush=True)
+
+    if processes <= 1:
+        for chunk, paths in batches:
+            report(_write_images(chunk, paths, config))
+    else:
+        # spawn, not fork: the caller may hold TensorFlow's threads, which a fork would copy.
+        import concurrent.futures
+        import multiprocessing
+
+        with concurrent.futures.ProcessPoolExecutor(
+                processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_write_images, chunk, paths, config)
+                       for chunk, paths in batches]
+            for future in concurrent.futures.as_completed(futures):
+                report(future.result())
     if progress:
         print()
     write_contact_sheet(os.path.join(out_dir, "contact_sheet.png"), specs, config)
