@@ -192,8 +192,11 @@ class Cluster:
             jobs = resolver.cluster_spec().as_dict()
             self.num_tasks = sum(len(jobs.get(job, ())) for job in ("chief", "worker"))
             self.is_chief = bool(strategy.extended.should_checkpoint)
+            self._tasks = [f"{job}:{i}" for job in ("chief", "worker")
+                           for i in range(len(jobs.get(job, ())))]
         else:
             self.task_type, self.task_id, self.num_tasks, self.is_chief = "chief", 0, 1, True
+            self._tasks = [self.task]
         self._decisions = {}  # name -> calls so far
 
     @property
@@ -237,6 +240,23 @@ class Cluster:
         if "error" in payload:
             raise ClusterError(f"{self.task}: the chief failed in {name}: {payload['error']}")
         return payload["value"]
+
+    def finish(self) -> None:
+        """The end of a run on every task: the chief returns only once every worker has finished.
+
+        The chief's process hosts the coordination service: had it exited first, a worker still
+        saving (its saves read variables through the service) or waiting for the chief's last
+        value would fail with "connection refused" although the run succeeded.
+        """
+        if not self.multi_worker:
+            return
+        context = _eager_context.context()
+        if not self.is_chief:
+            context.set_config_key_value(f"flam_tf/finished/{self.task}", "1")
+            return
+        for task in self._tasks:
+            if task != self.task:
+                context.get_config_key_value(f"flam_tf/finished/{task}")  # blocks
 
     def scratch_dir(self, root: str):
         """A worker's private folder for the files Keras makes every task write but only the chief

@@ -202,7 +202,9 @@ def _run_cluster_task(config: config_lib.ExperimentConfig, run_dir: str, stages,
                      else WorkerRunDirectory(run_dir, config))
     ctx = stages_lib.Context(config, run_directory, strategy, cluster)
     try:
-        return stages_lib.run_stages(ctx, stages, force=force)
+        timings = stages_lib.run_stages(ctx, stages, force=force)
+        cluster.finish()  # the chief (the coordination service) exits last
+        return timings
     finally:
         ctx.close()
 
