@@ -132,3 +132,24 @@ def gallery_npz(run_dir):
     """(features [N, D], ids [N]) of the fake run's fam_gallery.npz."""
     with np.load(os.path.join(run_dir, "features", "fam_gallery.npz")) as data:
         return data["feature"], data["path"].astype(str)
+
+
+@pytest.fixture(scope="module")
+def server(exported):
+    """A dev server on a free loopback port for one test module; yields "127.0.0.1:<port>"."""
+    from flam_tf.serving import dev_server
+
+    grpc_server, port, _ = dev_server.create_server(exported["models.config"], port=0,
+                                                    max_workers=8)
+    grpc_server.start()
+    yield f"127.0.0.1:{port}"
+    grpc_server.stop(0).wait()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """A FlamClient of `server`."""
+    from flam_tf.serving.client import FlamClient
+
+    with FlamClient(server, timeout_s=30.0) as c:
+        yield c

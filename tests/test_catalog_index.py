@@ -18,11 +18,10 @@ milvus_lite = pytest.importorskip(
 
 from flam_tf.serving import catalog_index as ci  # noqa: E402
 from flam_tf.serving import client as client_lib  # noqa: E402
-from flam_tf.serving import dev_server, export  # noqa: E402
+from flam_tf.serving import export  # noqa: E402
 from flam_tf.serving.catalog_index import CatalogIndex, CatalogIndexError  # noqa: E402
-from flam_tf.serving.client import FlamClient  # noqa: E402
-from serving_fixtures import (FEATURE_DIM, cosine_top_k, exported, gallery_npz,  # noqa: E402,F401
-                              run_dir)
+from serving_fixtures import (FEATURE_DIM, client, cosine_top_k, exported,  # noqa: E402,F401
+                              gallery_npz, run_dir, server)
 
 pytestmark = pytest.mark.serving
 
@@ -41,21 +40,6 @@ def lite():
             pytest.skip(f"Milvus Lite cannot run on this machine: {type(e).__name__}: {e}")
         yield
         milvus_lite.server_manager_instance.release_all()
-
-
-@pytest.fixture(scope="module")
-def server(exported):
-    grpc_server, port, _ = dev_server.create_server(exported["models.config"], port=0,
-                                                    max_workers=4)
-    grpc_server.start()
-    yield f"127.0.0.1:{port}"
-    grpc_server.stop(0).wait()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with FlamClient(server, timeout_s=30.0) as c:
-        yield c
 
 
 @pytest.fixture

@@ -17,32 +17,15 @@ import pytest
 
 from flam_tf import vocabulary
 from flam_tf.serving import client as client_lib
-from flam_tf.serving import dev_server
 from flam_tf.serving import signatures as sig
 from flam_tf.serving.client import FlamClient, FlamServingError, parse_edits
-from serving_fixtures import (FEATURE_DIM, cosine_top_k, exported, gallery_npz,  # noqa: F401
-                              keras_extract, keras_models, load_png, run_dir)
+from serving_fixtures import (FEATURE_DIM, client, cosine_top_k, exported,  # noqa: F401
+                              gallery_npz, keras_extract, keras_models, load_png, run_dir, server)
 
 pytestmark = pytest.mark.serving
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
-
-
-@pytest.fixture(scope="module")
-def server(exported):
-    """A dev server on a free loopback port; yields "127.0.0.1:<port>"."""
-    grpc_server, port, _ = dev_server.create_server(exported["models.config"], port=0,
-                                                    max_workers=8)
-    grpc_server.start()
-    yield f"127.0.0.1:{port}"
-    grpc_server.stop(0).wait()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with FlamClient(server, timeout_s=30.0) as c:
-        yield c
 
 
 def _image_paths(run_dir, n=3):
