@@ -115,6 +115,17 @@ class EpochBackup(keras.callbacks.Callback):
         if not backups:
             return
         epoch, folder = backups[-1]
+        with open(os.path.join(folder, STATE_FILE), encoding="utf-8") as f:
+            state = json.load(f)
+        steps = self.params.get("steps") if self.params else None
+        if state.get("steps_per_epoch") != steps:
+            # Epochs count steps; the fit's data stream skips resume_epoch * steps batches. A
+            # backup made with other steps per epoch (other settings, or a version of this
+            # package that did not record them) would resume from the wrong batch.
+            made = state.get("steps_per_epoch", "an unrecorded number of")
+            raise ValueError(f"{folder}: this backup was made with {made} steps per epoch and "
+                             f"this fit runs {steps}, so its epoch count cannot be resumed; "
+                             f"remove {self.backup_dir} to retrain this model from its start")
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
         self.model.load_weights(os.path.join(folder, WEIGHTS_FILE))
@@ -126,8 +137,6 @@ class EpochBackup(keras.callbacks.Callback):
                                  f"{self.backup_dir} to restart the stage")
             for i, generator in enumerate(generators):
                 generator.state.assign(saved[f"s{i}"])
-        with open(os.path.join(folder, STATE_FILE), encoding="utf-8") as f:
-            state = json.load(f)
         self.previous_history = state.get("history", {})
         self.model._initial_epoch = epoch
         self.restored_epoch = epoch
@@ -147,7 +156,8 @@ class EpochBackup(keras.callbacks.Callback):
                   for i, g in enumerate(_seed_generators(self.model))}
         np.savez(os.path.join(tmp, SEEDS_FILE), **states)
         with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
-            json.dump({"epoch": epoch + 1, "history": self.previous_history}, f)
+            json.dump({"epoch": epoch + 1, "steps_per_epoch": self.params.get("steps"),
+                       "history": self.previous_history}, f)
             f.flush()
             os.fsync(f.fileno())
         if self.write_dir is not None:  # a worker: its copy was only written to take part

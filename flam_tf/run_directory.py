@@ -21,7 +21,7 @@ from flam_tf import config as config_lib
 
 
 # Dotted config names a rerun may change in an existing run directory (see check_or_write_config).
-ADDITIVE_SETTINGS = ("evaluation.ablations",)
+ADDITIVE_SETTINGS = ("evaluation.compare", "evaluation.ablations")
 
 
 class RunDirectory:
@@ -73,9 +73,9 @@ class RunDirectory:
     def check_or_write_config(self, config: config_lib.ExperimentConfig) -> None:
         """Writes config.json, or checks that an existing one matches `config`.
 
-        Settings that only add work to a finished run (`ADDITIVE_SETTINGS`: the Table 3 ablations)
-        may change: config.json is rewritten, and `--stages=manipulator,evaluate --force` then
-        trains just what is missing.
+        Settings that only add work to a finished run (`ADDITIVE_SETTINGS`: the comparison rows,
+        the Table 3 ablations) may change: config.json is rewritten, and
+        `--stages=manipulator,baselines,evaluate --force` then trains just what is missing.
 
         `config` is validated first: only a valid config is ever written. A setting added to the
         config after config.json was written counts as unchanged while it has its default value.

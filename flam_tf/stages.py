@@ -139,7 +139,8 @@ class Context:
 def stage_data(ctx: Context) -> Dict[str, int]:
     """Writes D/data/manifest.csv: the synthetic benchmark, or the real sources' manifests."""
     c = ctx.config.data
-    if c.extractor_source == "synthetic" and c.attribute_source == "synthetic":
+    synthetic_data = c.extractor_source == "synthetic" and c.attribute_source == "synthetic"
+    if synthetic_data:
         syn = synthetic.SyntheticConfig(
             num_instances=c.num_instances, seed=ctx.config.runtime.seed, image_size=c.image_size,
             label_missing_prob=c.label_missing_prob, twins_per_item=c.twins_per_item,
@@ -149,8 +150,10 @@ def stage_data(ctx: Context) -> Dict[str, int]:
         m = _combine_real_sources(ctx)
     # Every image exists, decodes and is within max_image_pixels, or the stage fails here (not
     # marked done) with one line naming manifest.csv:line, rather than in a later stage.
+    # The synthetic benchmark's PNGs were just encoded here from arrays: their existence is
+    # checked, decoding them again would only cost time (5-9 s for the default preset).
     manifest_lib.verify_images(m, max_image_pixels=c.max_image_pixels,
-                               path=ctx.run.manifest_path)
+                               path=ctx.run.manifest_path, decode=not synthetic_data)
     counts = {s: int((m["split"] == s).sum()) for s in manifest_lib.SPLITS}
     logging.info("data: %d images %s", len(m), counts)
     return counts
@@ -283,6 +286,9 @@ def _save_model(model, path: str) -> None:
     """model.save, atomic: a kill while it writes leaves no file at `path` (a partial .keras
     file there would pass for a finished model, e.g. a manipulator variant, on resume)."""
     folder, name = os.path.split(path)
+    for stale in os.listdir(folder) if os.path.isdir(folder) else []:
+        if stale.startswith(".tmp-") and stale.endswith(f"-{name}"):  # a killed save's
+            os.remove(os.path.join(folder, stale))
     tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")  # Keras wants the .keras suffix
     model.save(tmp)
     os.replace(tmp, path)
@@ -306,19 +312,45 @@ def label_matrix(m: manifest_lib.Manifest) -> np.ndarray:
     return np.stack([m.labels(a) for a in vocabulary.ATTRIBUTE_TYPES], axis=1)
 
 
-def _feature_dataset(x, y, batch_size: int, seed: int, skip_epochs: int = 0):
-    """Endless shuffled batches of features (and labels, unless y is None), reshuffled every
-    epoch, without the first `skip_epochs` epochs (those a resumed fit already trained).
+def _passes_per_epoch(passes: int, steps_per_pass: int, min_steps: int) -> int:
+    """How many passes over the data one Keras epoch holds: a divisor g of `passes`, the smallest
+    with g * steps_per_pass >= min_steps, unless that makes epochs over 2 * min_steps long (a
+    prime number of passes would make the whole fit one epoch, with no backup before its end);
+    then the largest divisor whose epochs stay within 2 * min_steps (at least 1)."""
+    passes = max(passes, 1)
+    divisors = [g for g in range(1, passes + 1) if passes % g == 0]
+    group = next((g for g in divisors if g * steps_per_pass >= min_steps), passes)
+    if group > 1 and group * steps_per_pass > 2 * min_steps:
+        group = max(g for g in divisors if g == 1 or g * steps_per_pass <= 2 * min_steps)
+    return group
+
+
+def _feature_dataset(x, y, batch_size: int, seed: int, passes: int, resume_epoch: int = 0,
+                     min_steps: int = 1):
+    """Endless shuffled batches of features (and labels, unless y is None), reshuffled on every
+    pass over the data, for `passes` passes; a resumed fit skips what its `resume_epoch` Keras
+    epochs already trained.
+
+    Several passes make one Keras epoch of at least `min_steps` steps when a pass is short
+    (`_passes_per_epoch`; the stages pass runtime.min_steps_per_epoch: the per-epoch work of
+    `fit`, an epoch backup, summaries and the history, costs as much as about 20 steps of these
+    small models). The batches
+    are the same either way (the shuffle is per pass of the repeated dataset, not per Keras
+    epoch, and nothing in these models depends on the epoch), so only how often `fit` backs up,
+    logs and reports changes.
 
     Returns:
-        (dataset, steps per epoch): pass both to `fit(..., steps_per_epoch=steps)`, so that
-        epoch e sees the e-th shuffle whether or not the fit was resumed.
+        (dataset, epochs, steps per epoch): pass all three to `fit(dataset, epochs=epochs,
+        steps_per_epoch=steps)`, so that a pass sees its own shuffle whether or not the fit was
+        resumed.
     """
     steps = len(x) // batch_size
+    group = _passes_per_epoch(passes, steps, min_steps)
     ds = tf.data.Dataset.from_tensor_slices(x if y is None else (x, y))
     ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(
         batch_size, drop_remainder=True).repeat()
-    return ds.skip(skip_epochs * steps).prefetch(tf.data.AUTOTUNE), steps
+    return (ds.skip(resume_epoch * group * steps).prefetch(tf.data.AUTOTUNE), passes // group,
+            group * steps)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -336,10 +368,11 @@ def stage_embedders(ctx: Context) -> Dict[str, float]:
         model = AttributeEmbedder(features.shape[1], embedding_dim=c.embedding_dim,
                                   hidden_units=c.hidden_units, margin=c.margin)
         model.compile(optimizer=keras.optimizers.Adam(c.learning_rate))
-    ds, steps = _feature_dataset(x, y, min(c.batch_size, len(x)), ctx.config.runtime.seed,
-                                 skip_epochs=ctx.resume_epoch("embedders"))
+    ds, epochs, steps = _feature_dataset(x, y, min(c.batch_size, len(x)), ctx.config.runtime.seed,
+                                         c.epochs, resume_epoch=ctx.resume_epoch("embedders"),
+                                         min_steps=ctx.config.runtime.min_steps_per_epoch)
     callbacks = ctx.callbacks("embedders")
-    history = distribute.fit(model, ds, epochs=c.epochs, steps_per_epoch=steps,
+    history = distribute.fit(model, ds, epochs=epochs, steps_per_epoch=steps,
                              callbacks=callbacks, verbose=2)
     metrics = ctx.save_history("embedders", history, callbacks)
     ctx.save_model(model, ctx.run.model_path("embedder"))
@@ -359,8 +392,11 @@ def manipulator_training_features(ctx: Context):
 
 
 def stage_manipulator(ctx: Context) -> Dict[str, float]:
-    """Trains FLAM, FLAM (paper), and with --evaluation_ablations the paper's Table 3 variants."""
-    variants = [FLAM, FLAM_PAPER] + (list(ABLATIONS) if ctx.config.evaluation.ablations else [])
+    """Trains FLAM; with --evaluation_compare also FLAM (paper), and with --evaluation_ablations
+    FLAM (paper) and the paper's Table 3 variants of it."""
+    e = ctx.config.evaluation
+    variants = ([FLAM] + ([FLAM_PAPER] if e.compare or e.ablations else [])
+                + (list(ABLATIONS) if e.ablations else []))
     results = {}
     for variant in variants:
         if ctx.exists(ctx.run.model_path(variant_model_name(variant))):
@@ -416,11 +452,13 @@ def _train_manipulator(ctx: Context, variant: str) -> float:
     model.initialize_memory(x, labels)
     if model.retrieval_weight:
         model.set_retrieval_bank(x, labels)
-    ds, steps = _feature_dataset(x, None, min(c.batch_size, len(x)), ctx.config.runtime.seed,
-                                 skip_epochs=ctx.resume_epoch(name))
+    ds, epochs, steps = _feature_dataset(
+        x, None, min(c.batch_size, len(x)), ctx.config.runtime.seed,
+        c.epochs if variant == FLAM else c.paper_epochs, resume_epoch=ctx.resume_epoch(name),
+        min_steps=ctx.config.runtime.min_steps_per_epoch)
     callbacks = ctx.callbacks(name)
-    history = distribute.fit(model, ds, epochs=c.epochs if variant == FLAM else c.paper_epochs,
-                             steps_per_epoch=steps, callbacks=callbacks, verbose=2)
+    history = distribute.fit(model, ds, epochs=epochs, steps_per_epoch=steps,
+                             callbacks=callbacks, verbose=2)
     metrics = ctx.save_history(name, history, callbacks)
     ctx.save_model(model, ctx.run.model_path(name))
     return float(metrics["cycle_cosine"][-1]) if metrics.get("cycle_cosine") else float("nan")
@@ -464,16 +502,18 @@ def stage_baselines(ctx: Context) -> Dict[str, float]:
         with ctx.strategy.scope():
             model = _baseline_head(name, features.shape[1], c)
             model.compile(optimizer=keras.optimizers.Adam(c.learning_rate))
-        ds, steps = _feature_dataset(x, y, min(c.batch_size, len(x)), ctx.config.runtime.seed,
-                                     skip_epochs=ctx.resume_epoch(stem))
+        ds, epochs, steps = _feature_dataset(x, y, min(c.batch_size, len(x)),
+                                             ctx.config.runtime.seed, c.epochs,
+                                             resume_epoch=ctx.resume_epoch(stem),
+                                             min_steps=ctx.config.runtime.min_steps_per_epoch)
         callbacks = ctx.callbacks(stem)
-        history = distribute.fit(model, ds, epochs=c.epochs, steps_per_epoch=steps,
+        history = distribute.fit(model, ds, epochs=epochs, steps_per_epoch=steps,
                                  callbacks=callbacks, verbose=2)
         metrics = ctx.save_history(stem, history, callbacks)
         model.fit_prototypes(x, y)
         ctx.save_model(model, ctx.run.model_path(stem))
         out[name] = metrics["loss"][-1] if metrics.get("loss") else float("nan")
-    if c.pixel_epochs > 0:
+    if c.pixel_epochs > 0 and ctx.config.evaluation.compare:
         for name, stem in PIXEL_BASELINES.items():
             if not ctx.exists(pixel_baseline_features_path(ctx, stem)):
                 ctx.seed(stem)

@@ -56,6 +56,7 @@ def test_overrides_convert_types_and_diff_names_them():
     ("data", "max_image_pixels", 0, r"data.max_image_pixels must be >= 1"),
     ("data", "decode_cache_mb", -1, r"data.decode_cache_mb must be >= 0"),
     ("manipulator", "precision", "float16", "manipulator.precision"),
+    ("runtime", "min_steps_per_epoch", 0, r"runtime.min_steps_per_epoch must be >= 1"),
     ("extractor", "feature_dim", 0, "extractor.feature_dim"),
     ("extractor", "num_ce_classes", 0, "extractor.num_ce_classes"),
     ("extractor", "margin", -0.1, "extractor.margin"),

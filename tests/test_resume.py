@@ -56,9 +56,14 @@ def assert_same_report(run_dir, reference_dir):
         dict(list(differ.items())[:5]))
 
 
-def _command(run_dir, stages=TRAINING):
+def _command(run_dir, stages=TRAINING, *flags):
     return [sys.executable, "-m", "flam_tf.train", "--preset=smoke", f"--run_dir={run_dir}",
-            f"--stages={','.join(stages)}"]
+            f"--stages={','.join(stages)}", *flags]
+
+
+# One pass over the data per Keras epoch, so that the smoke preset's short fits on features
+# back up after every pass and a kill can land between two epochs (results do not depend on it).
+EVERY_PASS = "--runtime_min_steps_per_epoch=1"
 
 
 def _run(cmd):
@@ -70,8 +75,8 @@ def _run(cmd):
 def _kill_during(run_dir, watch, delay_s):
     """Starts the training stages, SIGKILLs the process `delay_s` after the checkpoint folder of
     `watch` first appears; returns the stages finished at the kill."""
-    proc = subprocess.Popen(_command(run_dir), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_command(run_dir, TRAINING, EVERY_PASS), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = os.path.join(run_dir, "checkpoints", watch)
     deadline = time.time() + 300
     while not (os.path.isdir(folder) and os.listdir(folder)):
@@ -104,7 +109,7 @@ def test_run_killed_inside_a_stage_and_resumed_equals_one_run(smoke_run, tmp_pat
     reference, _ = smoke_run
     run_dir = str(tmp_path / "killed")
     finished = _kill_during(run_dir, watch, random.uniform(0.0, 1.5))
-    result = _run(_command(run_dir))
+    result = _run(_command(run_dir, TRAINING, EVERY_PASS))
     for stage in finished:
         assert f"== {stage}: finished earlier, skipped" in result.stdout
     assert_same_report(run_dir, reference)
@@ -226,3 +231,70 @@ def test_stage_seeds_are_stable_and_distinct():
     other = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
                            text=True, env={**os.environ, "PYTHONHASHSEED": "123"})
     assert int(other.stdout) == epoch_backup.stage_seed(3, "manipulator")
+
+
+def _feature_fit(backup_dir, min_steps, stop_after=None):
+    """20 passes of 3 batches through stages._feature_dataset, in as many Keras epochs as
+    `min_steps` makes."""
+    from flam_tf import stages
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dropout(0.5), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(0.01), loss="mse")
+    x = np.random.default_rng(1).normal(size=(48, 6)).astype(np.float32)
+    y = x.sum(axis=1, keepdims=True)
+    callbacks = [epoch_backup.EpochBackup(backup_dir)] if backup_dir else []
+    if stop_after:
+        callbacks.append(_Stop(stop_after))
+    ds, epochs, steps = stages._feature_dataset(
+        x, y, 16, seed=5, passes=20,
+        resume_epoch=epoch_backup.resume_epoch(backup_dir) if backup_dir else 0,
+        min_steps=min_steps)
+    model.fit(ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=0)
+    return model.get_weights(), (epochs, steps)
+
+
+def test_grouped_passes_train_on_the_same_batches_and_resume(tmp_path):
+    """Grouping passes into one Keras epoch changes neither the batches nor the weights, and a
+    fit killed between two grouped epochs resumes to the same weights."""
+    per_pass, shape = _feature_fit(None, min_steps=1)
+    assert shape == (20, 3)  # one pass per Keras epoch
+    grouped, shape = _feature_fit(None, min_steps=12)
+    assert shape == (5, 12)  # 4 passes per Keras epoch
+    for a, b in zip(per_pass, grouped):
+        np.testing.assert_array_equal(a, b)
+    backup = str(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        _feature_fit(backup, min_steps=12, stop_after=2)
+    assert epoch_backup.resume_epoch(backup) == 2
+    resumed, _ = _feature_fit(backup, min_steps=12)
+    for a, b in zip(per_pass, resumed):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("passes, steps, expected", [(60, 21, 10), (10, 64, 5), (40, 64, 4),
+                                                     (3, 5, 3), (7, 300, 1), (1, 2, 1),
+                                                     (7, 64, 1), (13, 21, 13), (12, 100, 2)])
+def test_passes_per_epoch(passes, steps, expected):
+    from flam_tf import stages
+
+    assert stages._passes_per_epoch(passes, steps, min_steps=200) == expected
+
+
+def test_a_backup_made_with_other_steps_per_epoch_is_refused(tmp_path):
+    """A fit grouped differently from the backup's (other settings, or a backup that did not
+    record its steps) would resume from the wrong batch: refused, naming what to remove."""
+    backup = str(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        _feature_fit(backup, min_steps=12, stop_after=2)  # 12 steps per epoch
+    with pytest.raises(ValueError, match=r"made with 12 steps per epoch and this fit runs 3"):
+        _feature_fit(backup, min_steps=1)
+    state = os.path.join(epoch_backup._backups(backup)[-1][1], epoch_backup.STATE_FILE)
+    with open(state) as f:
+        saved = json.load(f)
+    del saved["steps_per_epoch"]
+    with open(state, "w") as f:
+        json.dump(saved, f)
+    with pytest.raises(ValueError, match="an unrecorded number of steps per epoch"):
+        _feature_fit(backup, min_steps=12)

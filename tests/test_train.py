@@ -187,6 +187,49 @@ def test_rerun_skips_finished_stages(smoke_run):
     assert "== extractor: finished earlier, skipped" in result.stdout
 
 
+def test_without_the_comparison_rows_flam_reports_the_same(smoke_run, tmp_path):
+    """`--noevaluation_compare` (the default preset's setting) on the smoke run's features:
+    neither the paper's G nor the pixel-trained baselines are trained or reported, and every
+    figure of the rows that remain equals the full run's (each model is seeded by its name)."""
+    import shutil
+
+    full_dir, _ = smoke_run
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(full_dir, run_dir)
+    for folder, prefixes in (("models", ("manipulator", "cls_concat", "emb_concat")),
+                             ("features", ("cls_concat", "emb_concat"))):
+        for name in os.listdir(os.path.join(run_dir, folder)):
+            if name.startswith(prefixes):
+                os.remove(os.path.join(run_dir, folder, name))
+    stages_path = os.path.join(run_dir, "stages.json")
+    with open(stages_path) as f:
+        stages = json.load(f)
+    with open(stages_path, "w") as f:
+        json.dump({k: v for k, v in stages.items()
+                   if k in ("data", "extractor", "features", "embedders")}, f)
+    result = subprocess.run([sys.executable, "-m", "flam_tf.train", "--preset=smoke",
+                             f"--run_dir={run_dir}", "--noevaluation_compare",
+                             "--stages=manipulator,baselines,evaluate"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert sorted(os.listdir(os.path.join(run_dir, "models"))) == [
+        "cls_concat_on_x.keras", "emb_concat_on_x.keras", "embedder.keras", "extractor.keras",
+        "manipulator.keras"]
+    with open(os.path.join(full_dir, "report.json")) as f:
+        full = json.load(f)
+    with open(os.path.join(run_dir, "report.json")) as f:
+        own = json.load(f)
+    assert list(own["fam"]) == ["Identity", "FLAM", "Mean-Shift", "Cls-Concat (on x)",
+                                "Emb-Concat (on x)"]
+    assert set(full["fam"]) - set(own["fam"]) == {"FLAM (paper)", "Cls-Concat", "Emb-Concat"}
+    for method in own["fam"]:
+        assert own["fam"][method] == full["fam"][method], method
+        assert own["twin_recall"][method] == full["twin_recall"][method], method
+    assert own["fir"] == {k: v for k, v in full["fir"].items() if k in own["fir"]}
+    assert own["attribute_accuracy"]["methods"] == {
+        k: v for k, v in full["attribute_accuracy"]["methods"].items() if k != "FLAM (paper)"}
+
+
 def test_other_settings_in_the_same_run_dir_are_refused(smoke_run):
     run_dir, _ = smoke_run
     result = subprocess.run([sys.executable, "-m", "flam_tf.train", "--preset=smoke",

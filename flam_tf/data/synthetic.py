@@ -734,7 +734,7 @@ def write_benchmark(out_dir: str, config: SyntheticConfig, batch_size: int = 512
     """Renders the whole benchmark into `out_dir` (PNGs, manifest.csv, contact_sheet.png).
 
     Batches of `batch_size` images are rendered and written by `processes` worker processes
-    (default: one per CPU; 1 = in this process). Every image depends only on the seed, its
+    (default: one per CPU this process may run on; 1 = in this process). Every image depends only on the seed, its
     instance and its view, so the files are byte-identical for any number of processes. The
     manifest is written last, so a directory with a manifest is complete: a crash midway leaves
     no manifest and the next call renders again.
@@ -749,7 +749,7 @@ def write_benchmark(out_dir: str, config: SyntheticConfig, batch_size: int = 512
     batches = [(specs[b:b + batch_size],
                 [os.path.join(out_dir, r["path"]) for r in rows[b:b + batch_size]])
                for b in range(0, len(specs), batch_size)]
-    processes = min(processes or os.cpu_count() or 1, len(batches))
+    processes = min(processes or len(os.sched_getaffinity(0)), len(batches))
     start, done = time.time(), 0
 
     def report(count):

@@ -4,10 +4,11 @@ Methods:
   Identity          the query feature unchanged (the floor of FAM)
   FLAM              G(x, d_{a,value}) with the default manipulator (Sec. 3.3; memory G and the
                     terms of ours, see FeatureManipulator)
-  FLAM (paper)      the paper's G and losses (M/OS/Adv)
+  FLAM (paper)      the paper's G and losses (M/OS/Adv), when trained (--evaluation_compare)
   FLAM (paper, ..)  its Table 3 ablations, when trained (--evaluation_ablations)
-  Cls-Concat, Emb-Concat   the paper's baselines, trained from images with attribute labels only:
-                    the target attribute's block replaced with the class prototype
+  Cls-Concat, Emb-Concat   the paper's baselines, trained from images with attribute labels only
+                    (--evaluation_compare): the target attribute's block replaced with the class
+                    prototype
   Cls-Concat (on x), Emb-Concat (on x)   the same heads on FLAM's feature x
   Mean-Shift        a reference of ours: x + (class mean of the target) - (class mean of the
                     embedder's predicted source class), over attribute_train features
@@ -128,9 +129,8 @@ def evaluate_run(ctx) -> dict:
     report = {"fam": {}, "twin_recall": {}, "fir": {}}
     manipulated: Dict[str, np.ndarray] = {}
     methods: List[Tuple[str, np.ndarray, np.ndarray]] = [(IDENTITY, q_feat, gallery)]
-    variants = [v for v in stages.PAPER_SWITCHES if v != stages.FLAM_PAPER]
-    variants = [stages.FLAM, stages.FLAM_PAPER] + [
-        v for v in variants if _exists(ctx, stages.variant_model_name(v))]
+    variants = [stages.FLAM] + [v for v in stages.PAPER_SWITCHES
+                                if _exists(ctx, stages.variant_model_name(v))]
     for variant in variants:
         model = keras.saving.load_model(ctx.run.model_path(stages.variant_model_name(variant)))
         out = _batched(model.manipulate_indices, q_feat, attribute_idx, target_idx)
@@ -152,7 +152,7 @@ def evaluate_run(ctx) -> dict:
                  for name, stem in stages.FEATURE_BASELINES.items()]
     for name, stem in stages.PIXEL_BASELINES.items():
         path = stages.pixel_baseline_features_path(ctx, stem)
-        if os.path.exists(path):  # trained unless baselines.pixel_epochs is 0
+        if os.path.exists(path):  # trained with evaluation.compare, unless pixel_epochs is 0
             with np.load(path, allow_pickle=False) as z:
                 baselines.append((name, stem, z["feature"], lambda mm: mm.head))
     for name, stem, inputs, head_of in baselines:
@@ -220,7 +220,8 @@ def evaluate_run(ctx) -> dict:
 
     figure_paths = figures.write_all(ctx, features, queries=queries, fam_rows=fam,
                                      ranked_by_method={v: ranked_by_method[v] for v in
-                                                       (stages.FLAM, stages.FLAM_PAPER)},
+                                                       (stages.FLAM, stages.FLAM_PAPER)
+                                                       if v in ranked_by_method},
                                      flam_model=flam_model)
     report["figures"] = figure_paths
     report_lib.write_report(ctx.run.root, report)
