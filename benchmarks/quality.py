@@ -6,9 +6,14 @@
     python benchmarks/quality.py --report_only         # rewrite the tables from quality.json
     python benchmarks/quality.py --train_flag=--ablations  # then add FLAM (paper)'s Table 3 rows
 
-Runs `python -m flam_tf.train --preset=P --seed=S` once per seed in `<work>/seed<S>` (a finished
-run directory is reused: the main job skips finished stages), then collects every run's
-report.json into `<output>/quality.json` and writes:
+Runs `python -m flam_tf.train --preset=P --seed=S --evaluation_compare` once per seed in
+`<work>/<P>_seed<S>` (the comparison rows: FLAM (paper) and the pixel-trained concat baselines; a
+finished run directory is reused: the main job skips finished stages). For `--main_job_seeds`
+(default 0) it first runs the main job as a user does, `python -m flam_tf.train --preset=P
+--seed=S` (no comparison rows), in `<work>/<P>_main_seed<S>`, records its wall time, stage times
+and peak memory, and checks that every figure it reports equals the comparison run's (the
+comparison rows must not change FLAM). Then it collects every run's report.json into
+`<output>/quality.json` and writes:
   - the quality section of BENCHMARKS.md (between its markers, the rest of the file untouched),
   - README.md's quality table (between its markers),
 when `--output` is the repository (the default). tests/test_docs.py checks that README's table
@@ -24,7 +29,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -38,7 +42,12 @@ QUALITY_BEGIN = "<!-- quality: written by benchmarks/quality.py -->"
 QUALITY_END = "<!-- quality: end -->"
 README_BEGIN = "<!-- quality table: written by benchmarks/quality.py -->"
 README_END = "<!-- quality table: end -->"
+MAIN_JOB_BEGIN = "<!-- main job: written by benchmarks/quality.py -->"
+MAIN_JOB_END = "<!-- main job: end -->"
 TYPES = ("shape", "color", "pattern")
+
+
+COMPARE_FLAG = "--evaluation_compare"
 
 
 def run_seed(preset: str, seed: int, run_dir: str, extra, previous=None) -> dict:
@@ -79,6 +88,33 @@ def run_seed(preset: str, seed: int, run_dir: str, extra, previous=None) -> dict
             "wall_s": round(seconds, 1) if fresh else report["timings_s"]["total"],
             "peak_rss_gb": round(peak_kb[0] / 2**20, 2) if peak_kb and fresh else None,
             "report": report}
+
+
+def main_job(preset: str, seed: int, run_dir: str, comparison_report: dict,
+             previous=None) -> dict:
+    """Times the main job without the comparison rows (`python -m flam_tf.train --preset --seed`,
+    a fresh run directory) and compares its figures with the comparison run's of the same seed.
+
+    A main job recorded in quality.json (`previous`) whose run directory still holds its report
+    is not run again: its timing is kept, its figures are compared again."""
+    import shutil
+
+    report_path = os.path.join(run_dir, "report.json")
+    if previous and os.path.exists(report_path):
+        with open(report_path) as f:
+            run = {**previous, "report": json.load(f)}
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run = run_seed(preset, seed, run_dir, [])
+    own, full = figures_of(run["report"]), figures_of(comparison_report)
+    differences = [f"{method} {name}: {value} vs {full.get(method, {}).get(name)}"
+                   for method, row in own.items() for name, value in row.items()
+                   if full.get(method, {}).get(name) != value]
+    return {"seed": seed, "run_dir": run["run_dir"], "wall_s": run["wall_s"],
+            "peak_rss_gb": run["peak_rss_gb"], "timings_s": run["report"]["timings_s"],
+            "methods": list(run["report"]["fam"]),
+            "figures_compared": sum(len(row) for row in own.values()),
+            "differences": differences}
 
 
 def figures_of(report: dict) -> dict:
@@ -175,7 +211,8 @@ def benchmarks_section(quality: dict) -> str:
                   for part in ("edited", "kept")]),
         "",
         *ablation_lines(summary),
-        "### Main job wall time and peak memory per seed",
+        *main_job_lines(quality),
+        f"### Comparison runs (`{' '.join(quality['train_flags'])}`): wall time and peak memory",
         "",
         _table(["seed", "wall (s)", "peak RSS (GB)"],
                [[str(r["seed"]), f"{r['wall_s']:.0f}",
@@ -185,6 +222,30 @@ def benchmarks_section(quality: dict) -> str:
         QUALITY_END,
     ]
     return "\n".join(lines)
+
+
+def main_job_lines(quality: dict):
+    """The main job as a user runs it (no comparison rows): time, memory, and whether its
+    figures equal the comparison run's."""
+    jobs = quality.get("main_job") or []
+    if not jobs:
+        return []
+    stages = list(jobs[0]["timings_s"])
+    return [f"### The main job (`python -m flam_tf.train --preset={quality['preset']} "
+            f"--seed=S`): wall time, stage times and peak memory", "",
+            _table(["seed", "wall (s)", "peak RSS (GB)"] + [f"{s} (s)" for s in stages]
+                   + ["figures equal to the comparison run's"],
+                   [[str(j["seed"]), f"{j['wall_s']:.0f}",
+                     "-" if j["peak_rss_gb"] is None else f"{j['peak_rss_gb']:.2f}"]
+                    + [f"{j['timings_s'].get(s, 0):.0f}" for s in stages]
+                    + [f"{j['figures_compared'] - len(j['differences'])} of "
+                       f"{j['figures_compared']}"] for j in jobs]),
+            "", "Rows it reports: " + ", ".join(jobs[0]["methods"]) + ".", ""]
+
+
+def main_job_block(quality: dict) -> str:
+    """BUILD.md's block: the main job's timing table (main_job_lines), between its markers."""
+    return "\n".join([MAIN_JOB_BEGIN, *main_job_lines(quality)]).rstrip("\n") + "\n" + MAIN_JOB_END
 
 
 def ablation_lines(summary: dict):
@@ -230,6 +291,9 @@ def main(argv=None):
     parser.add_argument("--train_flag", action="append", default=[],
                         help="extra flag for python -m flam_tf.train (repeatable), e.g. "
                              "--train_flag=--ablations")
+    parser.add_argument("--main_job_seeds", type=int, nargs="*", default=[0],
+                        help="seeds whose main job (no comparison rows) is also timed and "
+                             "checked against the comparison run (none: skip)")
     parser.add_argument("--note", default=None,
                         help="a remark printed under the wall-time table (kept in quality.json)")
     args = parser.parse_args(argv)
@@ -242,30 +306,39 @@ def main(argv=None):
         with open(json_path) as f:
             quality = json.load(f)
     else:
-        previous = {}
+        previous, previous_main, note = {}, {}, None
         if os.path.exists(json_path):
             with open(json_path) as f:
-                previous = {r["seed"]: r for r in json.load(f)["runs"]}
-        runs = []
+                saved = json.load(f)
+            previous = {r["seed"]: r for r in saved["runs"]}
+            previous_main = {j["seed"]: j for j in saved.get("main_job", [])}
+            note = saved.get("note")
+        main_jobs, runs = [], []
         for seed in args.seeds:
             run_dir = os.path.join(args.work, f"{args.preset}_seed{seed}")
             recorded = previous.get(seed, {})
             same = recorded and os.path.abspath(os.path.join(REPO, recorded["run_dir"])) == \
                 os.path.abspath(run_dir)
-            runs.append(run_seed(args.preset, seed, run_dir, args.train_flag,
+            runs.append(run_seed(args.preset, seed, run_dir, [COMPARE_FLAG, *args.train_flag],
                                  {k: v for k, v in recorded.items() if k != "fresh"}
                                  if same else None))
+            main_dir = os.path.join(args.work, f"{args.preset}_main_seed{seed}")
+            if seed in args.main_job_seeds or seed in previous_main:
+                main_jobs.append(main_job(args.preset, seed, main_dir, runs[-1]["report"],
+                                          previous_main.get(seed)))
         import tensorflow as tf
 
         quality = {
             "preset": args.preset,
-            "train_flags": args.train_flag,
+            "train_flags": [COMPARE_FLAG, *args.train_flag],
+            "main_job": main_jobs,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}, "
                        f"TensorFlow {tf.__version__}",
             "runs": [{k: v for k, v in r.items() if k != "report"} for r in runs],
             "summary": summarise(runs),
             "reports": {str(r["seed"]): r["report"] for r in runs},
+            **({"note": note} if note else {}),
         }
         tmp = json_path + ".tmp"
         with open(tmp, "w") as f:
@@ -283,7 +356,9 @@ def main(argv=None):
         replace_between(os.path.join(REPO, "README.md"), README_BEGIN, README_END,
                         README_BEGIN + "\n" + readme_table(quality) + "\n" + README_END,
                         append=False)
-        print("updated BENCHMARKS.md and README.md")
+        replace_between(os.path.join(REPO, "BUILD.md"), MAIN_JOB_BEGIN, MAIN_JOB_END,
+                        main_job_block(quality), append=False)
+        print("updated BENCHMARKS.md, README.md and BUILD.md")
     else:
         with open(os.path.join(output, "quality.md"), "w") as f:
             f.write(section + "\n")

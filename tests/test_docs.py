@@ -134,6 +134,19 @@ def test_readme_quality_table_is_the_quality_benchmarks_file():
     assert len(saved["runs"]) >= 3 or saved["preset"] != "default"
 
 
+def test_build_md_main_job_table_is_the_quality_file():
+    """BUILD.md section 8's main-job timing is quality.json's `main_job`, rendered; the main job
+    reported the same figures as the comparison run of its seed."""
+    quality = benchmark_module("quality")
+    saved = benchmark_file("quality.json")
+    block = between(read("BUILD.md"), quality.MAIN_JOB_BEGIN, quality.MAIN_JOB_END)
+    assert block == between(quality.main_job_block(saved), quality.MAIN_JOB_BEGIN,
+                            quality.MAIN_JOB_END)
+    assert saved["main_job"], "quality.json has no main-job timing"
+    for job in saved["main_job"]:
+        assert job["differences"] == [] and job["figures_compared"] > 50
+
+
 def assert_build_md_table_is_rendered_from(module_name, json_name, render):
     """BUILD.md's table between the benchmark module's TABLE_BEGIN/TABLE_END markers equals
     `module.<render>(saved json)`; returns the saved json for the caller's own checks."""
