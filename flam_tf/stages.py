@@ -334,10 +334,9 @@ def _feature_dataset(x, y, batch_size: int, seed: int, passes: int, resume_epoch
     Several passes make one Keras epoch of at least `min_steps` steps when a pass is short
     (`_passes_per_epoch`; the stages pass runtime.min_steps_per_epoch: the per-epoch work of
     `fit`, an epoch backup, summaries and the history, costs as much as about 20 steps of these
-    small models). The batches
-    are the same either way (the shuffle is per pass of the repeated dataset, not per Keras
-    epoch, and nothing in these models depends on the epoch), so only how often `fit` backs up,
-    logs and reports changes.
+    small models). The batches are the same either way (the shuffle is per pass of the repeated
+    dataset, not per Keras epoch, and nothing in these models depends on the epoch), so only how
+    often `fit` backs up, logs and reports changes.
 
     Returns:
         (dataset, epochs, steps per epoch): pass all three to `fit(dataset, epochs=epochs,
@@ -351,6 +350,20 @@ def _feature_dataset(x, y, batch_size: int, seed: int, passes: int, resume_epoch
         batch_size, drop_remainder=True).repeat()
     return (ds.skip(resume_epoch * group * steps).prefetch(tf.data.AUTOTUNE), passes // group,
             group * steps)
+
+
+def _fit_on_features(ctx: Context, name: str, model: keras.Model, x, y, batch_size: int,
+                     passes: int) -> Dict[str, List[float]]:
+    """Trains the compiled `model` for `passes` passes over features x (and labels y, unless
+    None) in batches of `batch_size`, resuming from the backups of `name`; returns the metrics
+    of the whole fit (`Context.save_history`)."""
+    ds, epochs, steps = _feature_dataset(x, y, min(batch_size, len(x)), ctx.config.runtime.seed,
+                                         passes, resume_epoch=ctx.resume_epoch(name),
+                                         min_steps=ctx.config.runtime.min_steps_per_epoch)
+    callbacks = ctx.callbacks(name)
+    history = distribute.fit(model, ds, epochs=epochs, steps_per_epoch=steps,
+                             callbacks=callbacks, verbose=2)
+    return ctx.save_history(name, history, callbacks)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -368,13 +381,7 @@ def stage_embedders(ctx: Context) -> Dict[str, float]:
         model = AttributeEmbedder(features.shape[1], embedding_dim=c.embedding_dim,
                                   hidden_units=c.hidden_units, margin=c.margin)
         model.compile(optimizer=keras.optimizers.Adam(c.learning_rate))
-    ds, epochs, steps = _feature_dataset(x, y, min(c.batch_size, len(x)), ctx.config.runtime.seed,
-                                         c.epochs, resume_epoch=ctx.resume_epoch("embedders"),
-                                         min_steps=ctx.config.runtime.min_steps_per_epoch)
-    callbacks = ctx.callbacks("embedders")
-    history = distribute.fit(model, ds, epochs=epochs, steps_per_epoch=steps,
-                             callbacks=callbacks, verbose=2)
-    metrics = ctx.save_history("embedders", history, callbacks)
+    metrics = _fit_on_features(ctx, "embedders", model, x, y, c.batch_size, c.epochs)
     ctx.save_model(model, ctx.run.model_path("embedder"))
     return {k: v[-1] for k, v in metrics.items() if v}
 
@@ -452,14 +459,8 @@ def _train_manipulator(ctx: Context, variant: str) -> float:
     model.initialize_memory(x, labels)
     if model.retrieval_weight:
         model.set_retrieval_bank(x, labels)
-    ds, epochs, steps = _feature_dataset(
-        x, None, min(c.batch_size, len(x)), ctx.config.runtime.seed,
-        c.epochs if variant == FLAM else c.paper_epochs, resume_epoch=ctx.resume_epoch(name),
-        min_steps=ctx.config.runtime.min_steps_per_epoch)
-    callbacks = ctx.callbacks(name)
-    history = distribute.fit(model, ds, epochs=epochs, steps_per_epoch=steps,
-                             callbacks=callbacks, verbose=2)
-    metrics = ctx.save_history(name, history, callbacks)
+    metrics = _fit_on_features(ctx, name, model, x, None, c.batch_size,
+                               c.epochs if variant == FLAM else c.paper_epochs)
     ctx.save_model(model, ctx.run.model_path(name))
     return float(metrics["cycle_cosine"][-1]) if metrics.get("cycle_cosine") else float("nan")
 
@@ -502,14 +503,7 @@ def stage_baselines(ctx: Context) -> Dict[str, float]:
         with ctx.strategy.scope():
             model = _baseline_head(name, features.shape[1], c)
             model.compile(optimizer=keras.optimizers.Adam(c.learning_rate))
-        ds, epochs, steps = _feature_dataset(x, y, min(c.batch_size, len(x)),
-                                             ctx.config.runtime.seed, c.epochs,
-                                             resume_epoch=ctx.resume_epoch(stem),
-                                             min_steps=ctx.config.runtime.min_steps_per_epoch)
-        callbacks = ctx.callbacks(stem)
-        history = distribute.fit(model, ds, epochs=epochs, steps_per_epoch=steps,
-                                 callbacks=callbacks, verbose=2)
-        metrics = ctx.save_history(stem, history, callbacks)
+        metrics = _fit_on_features(ctx, stem, model, x, y, c.batch_size, c.epochs)
         model.fit_prototypes(x, y)
         ctx.save_model(model, ctx.run.model_path(stem))
         out[name] = metrics["loss"][-1] if metrics.get("loss") else float("nan")

@@ -173,14 +173,19 @@ class _Stop(keras.callbacks.Callback):
             raise KeyboardInterrupt  # as a kill would, between two epochs
 
 
-def _toy_fit(backup_dir, epochs=4, stop_after=None):
-    """A model with dropout (a SeedGenerator) and Adam; returns its weights after `fit`."""
-    keras.utils.set_random_seed(7)
+def _toy_model_and_data(seed, rows):
+    """A compiled model with dropout (a SeedGenerator) and Adam, and `rows` regression rows."""
+    keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
                               keras.layers.Dropout(0.5), keras.layers.Dense(1)])
     model.compile(keras.optimizers.Adam(0.01), loss="mse")
-    x = np.random.default_rng(0).normal(size=(64, 6)).astype(np.float32)
-    y = x.sum(axis=1, keepdims=True)
+    x = np.random.default_rng(seed).normal(size=(rows, 6)).astype(np.float32)
+    return model, x, x.sum(axis=1, keepdims=True)
+
+
+def _toy_fit(backup_dir, epochs=4, stop_after=None):
+    """The toy model fitted with epoch backups; returns its weights and the merged history."""
+    model, x, y = _toy_model_and_data(7, 64)
     callbacks = [epoch_backup.EpochBackup(backup_dir)]
     if stop_after:
         callbacks.append(_Stop(stop_after))
@@ -238,12 +243,7 @@ def _feature_fit(backup_dir, min_steps, stop_after=None):
     `min_steps` makes."""
     from flam_tf import stages
 
-    keras.utils.set_random_seed(3)
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dropout(0.5), keras.layers.Dense(1)])
-    model.compile(keras.optimizers.Adam(0.01), loss="mse")
-    x = np.random.default_rng(1).normal(size=(48, 6)).astype(np.float32)
-    y = x.sum(axis=1, keepdims=True)
+    model, x, y = _toy_model_and_data(3, 48)
     callbacks = [epoch_backup.EpochBackup(backup_dir)] if backup_dir else []
     if stop_after:
         callbacks.append(_Stop(stop_after))
