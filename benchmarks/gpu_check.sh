@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # benchmarks/gpu_check.sh: check the multi-GPU path and the real throughput on a GPU machine, in one
-# go, from a checkout of this repository (issue 12, item 5: "GPU on paper").
+# go, from a checkout of this repository (what benchmarks/flops.py predicts, measured).
 #
 #   bash benchmarks/gpu_check.sh                  # every visible GPU; ~10-20 min, most of it setup
 #   bash benchmarks/gpu_check.sh --cpu_dry_run    # the same steps on the CPU (smoke preset, tiny)

@@ -54,16 +54,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import numpy as np  # noqa: E402
+from index_report import ENGINES, LABELS, table, write_docs  # noqa: E402
 
-ENGINES = ("numpy", "searcher", "milvus_flat", "milvus_hnsw")
-LABELS = {"numpy": "numpy exact (matmul + argpartition)",
-          "searcher": "`searcher` SavedModel signature",
-          "milvus_flat": "Milvus FLAT", "milvus_hnsw": "Milvus HNSW"}
 EF_SWEEP = (64, 128, 256, 512, 1024)
-# The table in BUILD.md (section 4, "Which search engine") and BENCHMARKS.md, between these markers.
-TABLE_BEGIN = "<!-- index table: written by benchmarks/index_bench.py -->"
-TABLE_END = "<!-- index table: end -->"
-INDEX_HEADING = "## Catalogue search engines (`python benchmarks/index_bench.py`)\n\n"
 LATENT_DIM, NOISE = 32, 0.5
 
 
@@ -74,13 +67,15 @@ def unit(x):
 def make_data(n, dim, queries, kind, seed=0):
     """(gallery [n, dim], queries [queries, dim]) unit float32 vectors."""
     rng = np.random.default_rng(seed)
-    if kind == "isotropic":
-        draw = lambda m: rng.standard_normal((m, dim), dtype=np.float32)  # noqa: E731
-    else:
-        mix = rng.standard_normal((LATENT_DIM, dim), dtype=np.float32)
-        draw = lambda m: (rng.standard_normal((m, LATENT_DIM), dtype=np.float32) @ mix  # noqa: E731
-                          + NOISE * np.sqrt(LATENT_DIM) * rng.standard_normal((m, dim),
-                                                                              dtype=np.float32))
+    mix = None if kind == "isotropic" else rng.standard_normal((LATENT_DIM, dim), dtype=np.float32)
+
+    def draw(m):
+        if mix is None:
+            return rng.standard_normal((m, dim), dtype=np.float32)
+        return rng.standard_normal((m, LATENT_DIM), dtype=np.float32) @ mix + NOISE * np.sqrt(
+            LATENT_DIM
+        ) * rng.standard_normal((m, dim), dtype=np.float32)
+
     gallery = np.concatenate([unit(draw(min(100_000, n - s))) for s in range(0, n, 100_000)])
     return gallery, unit(draw(queries))
 
@@ -113,8 +108,10 @@ class Engines:
         start = time.perf_counter()
         getattr(self, f"_build_{name}")()
         seconds = time.perf_counter() - start
-        self.builds[name] = {"seconds": seconds,
-                             "rows_per_s": self.n / seconds if seconds else None}
+        self.builds[name] = {
+            "seconds": seconds,
+            "rows_per_s": self.n / seconds if seconds else None,
+        }
         gc.collect()
 
     def _build_numpy(self):
@@ -124,10 +121,11 @@ class Engines:
     def _build_searcher(self):
         import tensorflow as tf
 
-        from flam_tf.serving import export
         from flam_tf.serving import signatures as sig
+        from flam_tf.serving.archives import build_searcher_archive
+
         path = os.path.join(self.work, f"searcher_{self.n}")
-        archive = export.build_searcher_archive(self.gallery, self.ids, self.args.k)
+        archive = build_searcher_archive(self.gallery, self.ids, self.args.k)
         archive.write_out(path, verbose=False)
         del archive
         gc.collect()
@@ -136,13 +134,20 @@ class Engines:
         def search(q):
             ids = signature(**{sig.FEATURE: tf.constant(q)})[sig.IDS].numpy().astype(str)
             return np.char.lstrip(ids, "g").astype(np.int64)
+
         self.search["searcher"] = search
 
     def _milvus(self, name, index_type):
         from flam_tf.serving.catalog_index import CatalogIndex
-        index = CatalogIndex.create(self.ids, self.gallery, self.args.milvus_uri,
-                                    collection=f"{name}_{self.n}", index_type=index_type,
-                                    overwrite=True)
+
+        index = CatalogIndex.create(
+            self.ids,
+            self.gallery,
+            self.args.milvus_uri,
+            collection=f"{name}_{self.n}",
+            index_type=index_type,
+            overwrite=True,
+        )
         self.indexes[name] = index
         k = self.args.k
         self.search[name] = lambda q: np.char.lstrip(index.search(q, k)[0], "g").astype(np.int64)
@@ -169,17 +174,17 @@ def time_queries(search, queries, batch, batch_rounds):
         search[name](queries[:1])
         search[name](queries[:batch])
     for i in range(len(queries)):
-        for name in names[i % len(names):] + names[:i % len(names)]:
+        for name in names[i % len(names) :] + names[: i % len(names)]:
             start = time.perf_counter()
-            ids = search[name](queries[i:i + 1])
+            ids = search[name](queries[i : i + 1])
             single[name].append(time.perf_counter() - start)
             found[name].append(ids[0])
     batched = {n: [] for n in names}
     for r in range(batch_rounds):
-        q = queries[(r * batch) % len(queries):][:batch]
+        q = queries[(r * batch) % len(queries) :][:batch]
         if len(q) < batch:
             q = queries[:batch]
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
             search[name](q)
             batched[name].append(time.perf_counter() - start)
@@ -194,20 +199,24 @@ def time_inserts(index, dim, rows, seed):
     ids = [f"new{seed}_{i}" for i in range(rows)]
     start = time.perf_counter()
     for s in range(0, rows, 1000):
-        index.add(ids[s:s + 1000], vectors[s:s + 1000])
+        index.add(ids[s : s + 1000], vectors[s : s + 1000])
     rows_per_s = rows / (time.perf_counter() - start)
     index.remove(ids)
     add_one, remove_one = [], []
     for i in range(20):
         start = time.perf_counter()
-        index.add([f"one{seed}_{i}"], vectors[i:i + 1])
+        index.add([f"one{seed}_{i}"], vectors[i : i + 1])
         add_one.append(time.perf_counter() - start)
         start = time.perf_counter()
         index.remove([f"one{seed}_{i}"])
         remove_one.append(time.perf_counter() - start)
-    return {"insert_rows_per_s": rows_per_s, "insert_rows": rows, "insert_batch": 1000,
-            "add_one_ms": statistics.median(add_one) * 1e3,
-            "remove_one_ms": statistics.median(remove_one) * 1e3}
+    return {
+        "insert_rows_per_s": rows_per_s,
+        "insert_rows": rows,
+        "insert_batch": 1000,
+        "add_one_ms": statistics.median(add_one) * 1e3,
+        "remove_one_ms": statistics.median(remove_one) * 1e3,
+    }
 
 
 def projected_build_s(measured, n):
@@ -229,24 +238,30 @@ def run_size(args, n, measured_builds, work):
             result["skipped"][name] = (
                 f"skipped: its build projects to {guess / 60:.0f} min on this machine (from "
                 f"{max(m for m in measured_builds[name] if m < n):,} rows, n log n) > "
-                f"--max_build_s {args.max_build_s / 60:.0f} min")
+                f"--max_build_s {args.max_build_s / 60:.0f} min"
+            )
             print(f"  {name}: {result['skipped'][name]}", flush=True)
             continue
         print(f"  building {name} at N={n:,} ...", flush=True)
         engines.build(name)
         measured_builds[name][n] = engines.builds[name]["seconds"]
         print(f"    {engines.builds[name]['seconds']:.1f} s", flush=True)
-    single, batched, found = time_queries(engines.search, queries[:args.queries], args.batch,
-                                          args.batch_rounds)
+    single, batched, found = time_queries(
+        engines.search, queries[: args.queries], args.batch, args.batch_rounds
+    )
     exact = np.stack(found["numpy"])
     for name in engines.search:
-        item = {"label": LABELS[name], "build_s": engines.builds[name]["seconds"],
-                "build_rows_per_s": engines.builds[name]["rows_per_s"],
-                "single_p50_ms": pct(single[name], 50) * 1e3,
-                "single_p99_ms": pct(single[name], 99) * 1e3,
-                "batch_queries_per_s": args.batch / statistics.median(batched[name]),
-                f"recall_at_{args.k}": recall(found[name], exact),
-                "queries": len(single[name]), "batch_rounds": len(batched[name])}
+        item = {
+            "label": LABELS[name],
+            "build_s": engines.builds[name]["seconds"],
+            "build_rows_per_s": engines.builds[name]["rows_per_s"],
+            "single_p50_ms": pct(single[name], 50) * 1e3,
+            "single_p99_ms": pct(single[name], 99) * 1e3,
+            "batch_queries_per_s": args.batch / statistics.median(batched[name]),
+            f"recall_at_{args.k}": recall(found[name], exact),
+            "queries": len(single[name]),
+            "batch_rounds": len(batched[name]),
+        }
         if name in engines.indexes:
             index = engines.indexes[name]
             item.update(index_type=index.index_type, search_params=index.search_params)
@@ -256,15 +271,27 @@ def run_size(args, n, measured_builds, work):
         for ef in EF_SWEEP:
             if ef < args.k:
                 continue
-            q = queries[:min(100, args.queries)]
+            q = queries[: min(100, args.queries)]
             start = time.perf_counter()
-            ids = [np.char.lstrip(index.search(q[i:i + 1], args.k, {"ef": ef})[0][0], "g")
-                   .astype(np.int64) for i in range(len(q))]
+            ids = [
+                np.char.lstrip(index.search(q[i : i + 1], args.k, {"ef": ef})[0][0], "g").astype(
+                    np.int64
+                )
+                for i in range(len(q))
+            ]
             ms = (time.perf_counter() - start) / len(q) * 1e3
-            sweep.append({"ef": ef, f"recall_at_{args.k}": recall(ids, exact[:len(q)]),
-                          "single_mean_ms": ms})
-            print(f"    HNSW ef={ef}: recall@{args.k} {sweep[-1][f'recall_at_{args.k}']:.4f}, "
-                  f"{ms:.2f} ms/query", flush=True)
+            sweep.append(
+                {
+                    "ef": ef,
+                    f"recall_at_{args.k}": recall(ids, exact[: len(q)]),
+                    "single_mean_ms": ms,
+                }
+            )
+            print(
+                f"    HNSW ef={ef}: recall@{args.k} {sweep[-1][f'recall_at_{args.k}']:.4f}, "
+                f"{ms:.2f} ms/query",
+                flush=True,
+            )
         result["engines"]["milvus_hnsw"]["ef_sweep"] = sweep
     for name, index in engines.indexes.items():
         print(f"  inserting into {name} ...", flush=True)
@@ -280,104 +307,53 @@ def machine():
     import milvus_lite
     import pymilvus
     import tensorflow as tf
-    return {"python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "load_avg_start": list(os.getloadavg()), "numpy": np.__version__,
-            "tensorflow": tf.__version__, "pymilvus": pymilvus.__version__,
-            "milvus_lite": milvus_lite.__version__, "faiss": faiss.__version__,
-            "platform": platform.platform(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
-
-def fmt(v, digits=3):
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.{digits}g}"
-    return str(v)
-
-
-def table(report):
-    k = report["params"]["k"]
-    lines = [f"| N | engine | build s | build rows/s | insert rows/s | add 1 ms | remove 1 ms "
-             f"| single p50 ms | single p99 ms | batch-{report['params']['batch']} queries/s "
-             f"| recall@{k} |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for size in report["sizes"]:
-        n = f"{size['n']:,}"
-        for name in ENGINES:
-            e = size["engines"].get(name)
-            if e is None:
-                if name in size["skipped"]:
-                    lines.append(f"| {n} | {LABELS[name]} | {size['skipped'][name]} "
-                                 "| | | | | | | | |")
-                continue
-            build = "-" if name == "numpy" else fmt(e["build_s"])
-            rows = "-" if name == "numpy" else fmt(e["build_rows_per_s"])
-            insert = fmt(e.get("insert_rows_per_s")) if "insert_rows_per_s" in e else (
-                "re-export" if name == "searcher" else "-")
-            label = LABELS[name] + (f" {e['search_params']}" if e.get("search_params") else "")
-            lines.append(f"| {n} | {label} | {build} | {rows} | {insert} "
-                         f"| {fmt(e.get('add_one_ms'))} | {fmt(e.get('remove_one_ms'))} "
-                         f"| {fmt(e['single_p50_ms'])} | {fmt(e['single_p99_ms'])} "
-                         f"| {fmt(e['batch_queries_per_s'])} | {e[f'recall_at_{k}']:.4f} |")
-    sweeps = [(s["n"], s["engines"]["milvus_hnsw"]["ef_sweep"]) for s in report["sizes"]
-              if "ef_sweep" in s["engines"].get("milvus_hnsw", {})]
-    if sweeps:
-        lines += ["", f"HNSW recall@{k} against exact, by search `ef` (mean ms per single query):",
-                  "", "| N | " + " | ".join(f"ef={p['ef']}" for p in sweeps[0][1]) + " |",
-                  "|---:|" + "---:|" * len(sweeps[0][1])]
-        for n, sweep in sweeps:
-            lines.append(f"| {n:,} | " + " | ".join(
-                f"{p[f'recall_at_{k}']:.4f} ({p['single_mean_ms']:.2g} ms)" for p in sweep) + " |")
-    return "\n".join(lines)
-
-
-def section(report):
-    """The marked block for BUILD.md and BENCHMARKS.md: how it was measured, then the table."""
-    p, m = report["params"], report["machine"]
-    head = (f"`python benchmarks/index_bench.py` ({p['milvus_engine']}; {p['data']} data, "
-            f"{p['dim']}-d unit vectors; {p['queries']} single queries, {p['batch_rounds']} rounds "
-            f"of batch {p['batch']}; {m['cpu_count']} cores, load average "
-            f"{m['load_avg_start'][0]:.1f} -> {m['load_avg_end'][0]:.1f}; "
-            f"{report['elapsed_s'] / 60:.0f} min). Raw figures: `benchmarks/index.json`.")
-    return "\n".join([TABLE_BEGIN, head, "", table(report), TABLE_END])
-
-
-def write_docs(report):
-    """Writes `section(report)` between the markers in BUILD.md, and in BENCHMARKS.md (appended
-    there when missing: benchmarks/run.py carries the block over when it rewrites that file)."""
-    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-    import quality  # the marker replacement the other benchmarks use
-
-    block = section(report)
-    quality.replace_between(os.path.join(REPO, "BUILD.md"), TABLE_BEGIN, TABLE_END, block,
-                            append=False)
-    quality.replace_between(os.path.join(REPO, "BENCHMARKS.md"), TABLE_BEGIN, TABLE_END,
-                            INDEX_HEADING + block
-                            if TABLE_BEGIN not in open(os.path.join(REPO, "BENCHMARKS.md")).read()
-                            else block, append=True)
-    print("updated the index table in BUILD.md and BENCHMARKS.md")
+    return {
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "load_avg_start": list(os.getloadavg()),
+        "numpy": np.__version__,
+        "tensorflow": tf.__version__,
+        "pymilvus": pymilvus.__version__,
+        "milvus_lite": milvus_lite.__version__,
+        "faiss": faiss.__version__,
+        "platform": platform.platform(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    }
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", default="100000,1000000",
-                   help="Comma-separated gallery sizes, measured in this order.")
+    p.add_argument(
+        "--sizes",
+        default="100000,1000000",
+        help="Comma-separated gallery sizes, measured in this order.",
+    )
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--k", type=int, default=50)
     p.add_argument("--queries", type=int, default=200, help="Single queries per engine.")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--batch_rounds", type=int, default=10)
     p.add_argument("--insert_rows", type=int, default=10_000)
-    p.add_argument("--max_build_s", type=float, default=1200.0,
-                   help="Skip an engine at a size where its build projects above this.")
+    p.add_argument(
+        "--max_build_s",
+        type=float,
+        default=1200.0,
+        help="Skip an engine at a size where its build projects above this.",
+    )
     p.add_argument("--data", choices=("structured", "isotropic"), default="structured")
-    p.add_argument("--uri", default=None,
-                   help="Milvus: http://host:19530, or a folder for a Milvus Lite .db "
-                        "(default a temp folder).")
+    p.add_argument(
+        "--uri",
+        default=None,
+        help="Milvus: http://host:19530, or a folder for a Milvus Lite .db "
+        "(default a temp folder).",
+    )
     p.add_argument("--output", default=os.path.join(REPO, "benchmarks", "index.json"))
-    p.add_argument("--render_only", action="store_true",
-                   help="Only rewrite the tables in BUILD.md and BENCHMARKS.md from --output.")
+    p.add_argument(
+        "--render_only",
+        action="store_true",
+        help="Only rewrite the tables in BUILD.md and BENCHMARKS.md from --output.",
+    )
     args = p.parse_args(argv)
     if args.render_only:
         with open(args.output) as f:
@@ -391,13 +367,19 @@ def main(argv=None):
         args.milvus_uri = args.uri
     else:
         args.milvus_uri = os.path.join(args.uri or work, "bench.db")
-    report = {"params": {k: v for k, v in vars(args).items() if k != "output"},
-              "machine": machine(), "sizes": []}
-    report["params"]["milvus_engine"] = ("Milvus Lite (embedded, in-process)"
-                                         if args.milvus_uri.endswith(".db") else "Milvus server")
+    report = {
+        "params": {k: v for k, v in vars(args).items() if k != "output"},
+        "machine": machine(),
+        "sizes": [],
+    }
+    report["params"]["milvus_engine"] = (
+        "Milvus Lite (embedded, in-process)" if args.milvus_uri.endswith(".db") else "Milvus server"
+    )
     from flam_tf.serving.catalog_index import INDEX_TYPES
-    report["params"]["index_defaults"] = {t: {"build": b, "search": s}
-                                          for t, (b, s) in INDEX_TYPES.items()}
+
+    report["params"]["index_defaults"] = {
+        t: {"build": b, "search": s} for t, (b, s) in INDEX_TYPES.items()
+    }
     measured = {}
     started = time.perf_counter()
     try:
@@ -414,9 +396,11 @@ def main(argv=None):
     print(table(report))
     if os.path.abspath(args.output) == os.path.join(REPO, "benchmarks", "index.json"):
         write_docs(report)
-    print(f"\n{report['params']['milvus_engine']}; {args.data} data; load average "
-          f"{report['machine']['load_avg_start']} -> {report['machine']['load_avg_end']} on "
-          f"{os.cpu_count()} CPUs; {report['elapsed_s'] / 60:.1f} min; written to {args.output}")
+    print(
+        f"\n{report['params']['milvus_engine']}; {args.data} data; load average "
+        f"{report['machine']['load_avg_start']} -> {report['machine']['load_avg_end']} on "
+        f"{os.cpu_count()} CPUs; {report['elapsed_s'] / 60:.1f} min; written to {args.output}"
+    )
     return 0
 
 

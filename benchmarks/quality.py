@@ -38,6 +38,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from harness import marked, replace_between_markers  # noqa: E402
+
 QUALITY_BEGIN = "<!-- quality: written by benchmarks/quality.py -->"
 QUALITY_END = "<!-- quality: end -->"
 README_BEGIN = "<!-- quality table: written by benchmarks/quality.py -->"
@@ -58,40 +60,53 @@ def run_seed(preset: str, seed: int, run_dir: str, extra, previous=None) -> dict
     ablations (`--train_flag=--ablations`) must not change what the main job costs.
     """
     report_path = os.path.join(run_dir, "report.json")
-    command = [sys.executable, "-m", "flam_tf.train", f"--preset={preset}", f"--seed={seed}",
-               f"--run_dir={run_dir}", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "flam_tf.train",
+        f"--preset={preset}",
+        f"--seed={seed}",
+        f"--run_dir={run_dir}",
+        *extra,
+    ]
     if os.path.exists(report_path) and "--ablations" in extra:
         # Add the Table 3 variants to a finished run: only they are trained, then re-evaluated.
         command += ["--stages=manipulator,evaluate", "--force"]
     fresh = not os.path.exists(report_path)
     # Peak RSS of this child alone: run it under a tiny wrapper that reports its own children.
-    wrapper = ("import resource, subprocess, sys; "
-               "rc = subprocess.call(sys.argv[1:]); "
-               "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
-               "sys.exit(rc)")
+    wrapper = (
+        "import resource, subprocess, sys; "
+        "rc = subprocess.call(sys.argv[1:]); "
+        "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+        "sys.exit(rc)"
+    )
     print(f"== seed {seed}: {' '.join(command[1:])}", flush=True)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", wrapper, *command], cwd=REPO,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", wrapper, *command], cwd=REPO, capture_output=True, text=True
+    )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
         raise SystemExit(f"quality: the main job failed for seed {seed} (exit {proc.returncode})")
-    peak_kb = [int(line.split()[1]) for line in proc.stdout.splitlines()
-               if line.startswith("PEAK_RSS_KB")]
+    peak_kb = [
+        int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("PEAK_RSS_KB")
+    ]
     with open(report_path) as f:
         report = json.load(f)
     print(f"== seed {seed}: {seconds:.0f} s", flush=True)
     if not fresh and previous:
         return {**previous, "report": report}
-    return {"seed": seed, "run_dir": os.path.relpath(run_dir, REPO),
-            "wall_s": round(seconds, 1) if fresh else report["timings_s"]["total"],
-            "peak_rss_gb": round(peak_kb[0] / 2**20, 2) if peak_kb and fresh else None,
-            "report": report}
+    return {
+        "seed": seed,
+        "run_dir": os.path.relpath(run_dir, REPO),
+        "wall_s": round(seconds, 1) if fresh else report["timings_s"]["total"],
+        "peak_rss_gb": round(peak_kb[0] / 2**20, 2) if peak_kb and fresh else None,
+        "report": report,
+    }
 
 
-def main_job(preset: str, seed: int, run_dir: str, comparison_report: dict,
-             previous=None) -> dict:
+def main_job(preset: str, seed: int, run_dir: str, comparison_report: dict, previous=None) -> dict:
     """Times the main job without the comparison rows (`python -m flam_tf.train --preset --seed`,
     a fresh run directory) and compares its figures with the comparison run's of the same seed.
 
@@ -107,14 +122,22 @@ def main_job(preset: str, seed: int, run_dir: str, comparison_report: dict,
         shutil.rmtree(run_dir, ignore_errors=True)
         run = run_seed(preset, seed, run_dir, [])
     own, full = figures_of(run["report"]), figures_of(comparison_report)
-    differences = [f"{method} {name}: {value} vs {full.get(method, {}).get(name)}"
-                   for method, row in own.items() for name, value in row.items()
-                   if full.get(method, {}).get(name) != value]
-    return {"seed": seed, "run_dir": run["run_dir"], "wall_s": run["wall_s"],
-            "peak_rss_gb": run["peak_rss_gb"], "timings_s": run["report"]["timings_s"],
-            "methods": list(run["report"]["fam"]),
-            "figures_compared": sum(len(row) for row in own.values()),
-            "differences": differences}
+    differences = [
+        f"{method} {name}: {value} vs {full.get(method, {}).get(name)}"
+        for method, row in own.items()
+        for name, value in row.items()
+        if full.get(method, {}).get(name) != value
+    ]
+    return {
+        "seed": seed,
+        "run_dir": run["run_dir"],
+        "wall_s": run["wall_s"],
+        "peak_rss_gb": run["peak_rss_gb"],
+        "timings_s": run["report"]["timings_s"],
+        "methods": list(run["report"]["fam"]),
+        "figures_compared": sum(len(row) for row in own.values()),
+        "differences": differences,
+    }
 
 
 def figures_of(report: dict) -> dict:
@@ -122,9 +145,12 @@ def figures_of(report: dict) -> dict:
     out = {}
     accuracy = report["attribute_accuracy"]
     for method, fam in report["fam"].items():
-        row = {"T@10": fam["all"]["T@10"], "T@50": fam["all"]["T@50"],
-               **{f"{a} T@50": fam[a]["T@50"] for a in TYPES},
-               "twin R@10": report["twin_recall"][method]["R@10"]}
+        row = {
+            "T@10": fam["all"]["T@10"],
+            "T@50": fam["all"]["T@50"],
+            **{f"{a} T@50": fam[a]["T@50"] for a in TYPES},
+            "twin R@10": report["twin_recall"][method]["R@10"],
+        }
         probe = accuracy["methods"].get(method)
         if probe:
             row.update({f"probe {a} edited": probe["edited"][a] for a in TYPES})
@@ -150,7 +176,8 @@ def summarise(runs) -> dict:
             out[method][name] = {
                 "mean": statistics.fmean(values),
                 "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "values": values}
+                "values": values,
+            }
     return out
 
 
@@ -167,19 +194,31 @@ def readme_table(quality: dict) -> str:
     """The README's table: mean ± std of the headline figures per method."""
     columns = ("T@10", "T@50", "twin R@10", "in-shop R@1", "c2s R@1")
     summary = quality["summary"]
-    rows = [[method] + [_ms(summary[method].get(c)) for c in columns]
-            for method in summary if method != "original features"]
-    return _table(["method", "FAM T@10", "FAM T@50", "twin R@10", "FIR in-shop R@1",
-                   "FIR consumer-to-shop R@1"], rows)
+    rows = [
+        [method] + [_ms(summary[method].get(c)) for c in columns]
+        for method in summary
+        if method != "original features"
+    ]
+    return _table(
+        [
+            "method",
+            "FAM T@10",
+            "FAM T@50",
+            "twin R@10",
+            "FIR in-shop R@1",
+            "FIR consumer-to-shop R@1",
+        ],
+        rows,
+    )
 
 
 def benchmarks_section(quality: dict) -> str:
+    """BENCHMARKS.md's quality section (what goes between QUALITY_BEGIN and QUALITY_END)."""
     summary = quality["summary"]
     runs = quality["runs"]
     methods = [m for m in summary if m != "original features"]
     seeds = ", ".join(str(r["seed"]) for r in runs)
     lines = [
-        QUALITY_BEGIN,
         "## Quality over seeds (`python benchmarks/quality.py`)",
         "",
         f"Preset `{quality['preset']}`, seeds {seeds}, {quality['date']}, "
@@ -193,8 +232,10 @@ def benchmarks_section(quality: dict) -> str:
         "",
         "### FAM T@50 per attribute type",
         "",
-        _table(["method"] + [f"{a} T@50" for a in TYPES],
-               [[m] + [_ms(summary[m].get(f"{a} T@50")) for a in TYPES] for m in methods]),
+        _table(
+            ["method"] + [f"{a} T@50" for a in TYPES],
+            [[m] + [_ms(summary[m].get(f"{a} T@50")) for a in TYPES] for m in methods],
+        ),
         "",
         "### Independent linear probe (Table 5)",
         "",
@@ -203,23 +244,37 @@ def benchmarks_section(quality: dict) -> str:
         "type; *kept*: accuracy against the query's own class on the queries that edit another "
         "type. *original*: on the query items' own features.",
         "",
-        _table(["features"] + list(TYPES),
-               [["original"] + [_ms(summary["original features"][f"probe {a} original"])
-                                for a in TYPES]]
-               + [[f"{m}, {part}"] + [_ms(summary[m].get(f"probe {a} {part}")) for a in TYPES]
-                  for m in methods if "probe shape edited" in summary[m]
-                  for part in ("edited", "kept")]),
+        _table(
+            ["features"] + list(TYPES),
+            [
+                ["original"]
+                + [_ms(summary["original features"][f"probe {a} original"]) for a in TYPES]
+            ]
+            + [
+                [f"{m}, {part}"] + [_ms(summary[m].get(f"probe {a} {part}")) for a in TYPES]
+                for m in methods
+                if "probe shape edited" in summary[m]
+                for part in ("edited", "kept")
+            ],
+        ),
         "",
         *ablation_lines(summary),
         *main_job_lines(quality),
         f"### Comparison runs (`{' '.join(quality['train_flags'])}`): wall time and peak memory",
         "",
-        _table(["seed", "wall (s)", "peak RSS (GB)"],
-               [[str(r["seed"]), f"{r['wall_s']:.0f}",
-                 "-" if r["peak_rss_gb"] is None else f"{r['peak_rss_gb']:.2f}"] for r in runs]),
+        _table(
+            ["seed", "wall (s)", "peak RSS (GB)"],
+            [
+                [
+                    str(r["seed"]),
+                    f"{r['wall_s']:.0f}",
+                    "-" if r["peak_rss_gb"] is None else f"{r['peak_rss_gb']:.2f}",
+                ]
+                for r in runs
+            ],
+        ),
         "",
         *([quality["note"], ""] if quality.get("note") else []),
-        QUALITY_END,
     ]
     return "\n".join(lines)
 
@@ -231,21 +286,34 @@ def main_job_lines(quality: dict):
     if not jobs:
         return []
     stages = list(jobs[0]["timings_s"])
-    return [f"### The main job (`python -m flam_tf.train --preset={quality['preset']} "
-            f"--seed=S`): wall time, stage times and peak memory", "",
-            _table(["seed", "wall (s)", "peak RSS (GB)"] + [f"{s} (s)" for s in stages]
-                   + ["figures equal to the comparison run's"],
-                   [[str(j["seed"]), f"{j['wall_s']:.0f}",
-                     "-" if j["peak_rss_gb"] is None else f"{j['peak_rss_gb']:.2f}"]
-                    + [f"{j['timings_s'].get(s, 0):.0f}" for s in stages]
-                    + [f"{j['figures_compared'] - len(j['differences'])} of "
-                       f"{j['figures_compared']}"] for j in jobs]),
-            "", "Rows it reports: " + ", ".join(jobs[0]["methods"]) + ".", ""]
+    return [
+        f"### The main job (`python -m flam_tf.train --preset={quality['preset']} "
+        f"--seed=S`): wall time, stage times and peak memory",
+        "",
+        _table(
+            ["seed", "wall (s)", "peak RSS (GB)"]
+            + [f"{s} (s)" for s in stages]
+            + ["figures equal to the comparison run's"],
+            [
+                [
+                    str(j["seed"]),
+                    f"{j['wall_s']:.0f}",
+                    "-" if j["peak_rss_gb"] is None else f"{j['peak_rss_gb']:.2f}",
+                ]
+                + [f"{j['timings_s'].get(s, 0):.0f}" for s in stages]
+                + [f"{j['figures_compared'] - len(j['differences'])} of {j['figures_compared']}"]
+                for j in jobs
+            ],
+        ),
+        "",
+        "Rows it reports: " + ", ".join(jobs[0]["methods"]) + ".",
+        "",
+    ]
 
 
-def main_job_block(quality: dict) -> str:
-    """BUILD.md's block: the main job's timing table (main_job_lines), between its markers."""
-    return "\n".join([MAIN_JOB_BEGIN, *main_job_lines(quality)]).rstrip("\n") + "\n" + MAIN_JOB_END
+def main_job_text(quality: dict) -> str:
+    """BUILD.md's main-job timing (what goes between MAIN_JOB_BEGIN and MAIN_JOB_END)."""
+    return "\n".join(main_job_lines(quality)).rstrip("\n")
 
 
 def ablation_lines(summary: dict):
@@ -254,48 +322,58 @@ def ablation_lines(summary: dict):
     if len(rows) < 2:
         return []
     columns = ["T@10", "T@50"] + [f"{a} T@50" for a in TYPES] + ["twin R@10"]
-    return ["### Table 3 ablations of FLAM (paper)", "",
-            "The paper's G and losses with its switches: M/S = feature matching with/without "
-            "the remaining attributes, OS = online sampling, Adv = adversarial loss.", "",
-            _table(["method"] + columns, [[m] + [_ms(summary[m].get(c)) for c in columns]
-                                          for m in rows]), ""]
-
-
-def replace_between(path: str, begin: str, end: str, block: str, append: bool) -> None:
-    """Replaces the text from `begin` to `end` (markers included) with `block`."""
-    with open(path) as f:
-        text = f.read()
-    if begin in text and end in text:
-        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
-    elif append:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    else:
-        raise SystemExit(f"quality: {path} has no {begin!r} ... {end!r} markers")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    return [
+        "### Table 3 ablations of FLAM (paper)",
+        "",
+        "The paper's G and losses with its switches: M/S = feature matching with/without "
+        "the remaining attributes, OS = online sampling, Adv = adversarial loss.",
+        "",
+        _table(
+            ["method"] + columns, [[m] + [_ms(summary[m].get(c)) for c in columns] for m in rows]
+        ),
+        "",
+    ]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="default")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--work", default=os.path.join(REPO, "benchmarks", ".work", "quality"),
-                        help="parent of the per-seed run directories")
-    parser.add_argument("--output", default=None,
-                        help="folder for quality.json (default: benchmarks/, and then README.md "
-                             "and BENCHMARKS.md are updated too)")
-    parser.add_argument("--report_only", action="store_true",
-                        help="rewrite the tables from the existing quality.json; run nothing")
-    parser.add_argument("--train_flag", action="append", default=[],
-                        help="extra flag for python -m flam_tf.train (repeatable), e.g. "
-                             "--train_flag=--ablations")
-    parser.add_argument("--main_job_seeds", type=int, nargs="*", default=[0],
-                        help="seeds whose main job (no comparison rows) is also timed and "
-                             "checked against the comparison run (none: skip)")
-    parser.add_argument("--note", default=None,
-                        help="a remark printed under the wall-time table (kept in quality.json)")
+    parser.add_argument(
+        "--work",
+        default=os.path.join(REPO, "benchmarks", ".work", "quality"),
+        help="parent of the per-seed run directories",
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="folder for quality.json (default: benchmarks/, and then README.md "
+        "and BENCHMARKS.md are updated too)",
+    )
+    parser.add_argument(
+        "--report_only",
+        action="store_true",
+        help="rewrite the tables from the existing quality.json; run nothing",
+    )
+    parser.add_argument(
+        "--train_flag",
+        action="append",
+        default=[],
+        help="extra flag for python -m flam_tf.train (repeatable), e.g. --train_flag=--ablations",
+    )
+    parser.add_argument(
+        "--main_job_seeds",
+        type=int,
+        nargs="*",
+        default=[0],
+        help="seeds whose main job (no comparison rows) is also timed and "
+        "checked against the comparison run (none: skip)",
+    )
+    parser.add_argument(
+        "--note",
+        default=None,
+        help="a remark printed under the wall-time table (kept in quality.json)",
+    )
     args = parser.parse_args(argv)
     in_repo = args.output is None
     output = args.output or os.path.join(REPO, "benchmarks")
@@ -317,15 +395,25 @@ def main(argv=None):
         for seed in args.seeds:
             run_dir = os.path.join(args.work, f"{args.preset}_seed{seed}")
             recorded = previous.get(seed, {})
-            same = recorded and os.path.abspath(os.path.join(REPO, recorded["run_dir"])) == \
-                os.path.abspath(run_dir)
-            runs.append(run_seed(args.preset, seed, run_dir, [COMPARE_FLAG, *args.train_flag],
-                                 {k: v for k, v in recorded.items() if k != "fresh"}
-                                 if same else None))
+            same = recorded and os.path.abspath(
+                os.path.join(REPO, recorded["run_dir"])
+            ) == os.path.abspath(run_dir)
+            runs.append(
+                run_seed(
+                    args.preset,
+                    seed,
+                    run_dir,
+                    [COMPARE_FLAG, *args.train_flag],
+                    {k: v for k, v in recorded.items() if k != "fresh"} if same else None,
+                )
+            )
             main_dir = os.path.join(args.work, f"{args.preset}_main_seed{seed}")
             if seed in args.main_job_seeds or seed in previous_main:
-                main_jobs.append(main_job(args.preset, seed, main_dir, runs[-1]["report"],
-                                          previous_main.get(seed)))
+                main_jobs.append(
+                    main_job(
+                        args.preset, seed, main_dir, runs[-1]["report"], previous_main.get(seed)
+                    )
+                )
         import tensorflow as tf
 
         quality = {
@@ -334,7 +422,7 @@ def main(argv=None):
             "main_job": main_jobs,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}, "
-                       f"TensorFlow {tf.__version__}",
+            f"TensorFlow {tf.__version__}",
             "runs": [{k: v for k, v in r.items() if k != "report"} for r in runs],
             "summary": summarise(runs),
             "reports": {str(r["seed"]): r["report"] for r in runs},
@@ -351,17 +439,23 @@ def main(argv=None):
             json.dump(quality, f, indent=1)
     section = benchmarks_section(quality)
     if in_repo:
-        replace_between(os.path.join(REPO, "BENCHMARKS.md"), QUALITY_BEGIN, QUALITY_END, section,
-                        append=True)
-        replace_between(os.path.join(REPO, "README.md"), README_BEGIN, README_END,
-                        README_BEGIN + "\n" + readme_table(quality) + "\n" + README_END,
-                        append=False)
-        replace_between(os.path.join(REPO, "BUILD.md"), MAIN_JOB_BEGIN, MAIN_JOB_END,
-                        main_job_block(quality), append=False)
+        replace_between_markers(
+            os.path.join(REPO, "BENCHMARKS.md"),
+            QUALITY_BEGIN,
+            QUALITY_END,
+            section,
+            append_after="",
+        )
+        replace_between_markers(
+            os.path.join(REPO, "README.md"), README_BEGIN, README_END, readme_table(quality)
+        )
+        replace_between_markers(
+            os.path.join(REPO, "BUILD.md"), MAIN_JOB_BEGIN, MAIN_JOB_END, main_job_text(quality)
+        )
         print("updated BENCHMARKS.md, README.md and BUILD.md")
     else:
         with open(os.path.join(output, "quality.md"), "w") as f:
-            f.write(section + "\n")
+            f.write(marked(QUALITY_BEGIN, QUALITY_END, section) + "\n")
     print(readme_table(quality))
 
 

@@ -1,1 +1,2 @@
-"""`python -m export`: SavedModel export of a training run for TF Serving (see flam_tf.serving.export)."""
+"""`python -m export`: a thin entry point that parses flags and calls
+`flam_tf.serving.export.export_run` (the export itself lives in flam_tf/serving/)."""

@@ -7,12 +7,44 @@ resolve to the same config (the stages it skips were computed with it).
 """
 
 import dataclasses
-import os
 import json
+import os
 from typing import Any, Dict, List, Tuple
 
-STAGES = ("data", "extractor", "features", "embedders", "manipulator", "baselines", "evaluate",
-          "export")
+STAGES = (
+    "data",
+    "extractor",
+    "features",
+    "embedders",
+    "manipulator",
+    "baselines",
+    "evaluate",
+    "export",
+)
+
+# The accepted values of every setting with a fixed set of choices: the models, the losses and the
+# readers check their arguments against these same tuples (`check_option`).
+EXTRACTOR_SOURCES = ("synthetic", "deepfashion_inshop", "deepfashion_c2s")
+ATTRIBUTE_SOURCES = ("synthetic", "darn", "shopping100k")
+BACKBONES = ("small_cnn", "resnet50", "densenet121", "inception_resnet_v2", "efficientnet_b0")
+POOLING_MODES = ("spoc", "mac", "gem")
+MINING_STRATEGIES = ("semi-hard", "hard")
+DISTANCES = ("cosine", "l2", "squared_l2")
+# Eq. 4's feature matching: M, the target and the remaining attributes; S, the target only.
+FEATURE_MATCHING_MODES = ("M", "S")
+GENERATORS = ("memory", "mlp")
+TARGET_SAMPLING = ("uniform", "partner")
+# Compute dtype policy of the manipulator's G and D (the frozen embedder and the losses stay float32).
+PRECISIONS = ("float32", "mixed_bfloat16")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+
+def check_option(name: str, value, accepted) -> None:
+    """Raises ValueError naming `name`, the bad `value` and the `accepted` ones."""
+    if value not in accepted:
+        raise ValueError(
+            f"Unknown {name}. Received: {name}={value!r}; expected one of {list(accepted)}"
+        )
 
 
 @dataclasses.dataclass
@@ -41,7 +73,7 @@ class ExtractorConfig:
     """Feature extractor: backbone + pooling + projection, CE + triplet on instance ids, and (ours)
     a cosine-softmax CE on attribute_train's labels (attribute_weight 0 = the paper's extractor)."""
 
-    backbone: str = "small_cnn"  # small_cnn | resnet50 | densenet121 | inception_resnet_v2 | efficientnet_b0
+    backbone: str = "small_cnn"  # one of BACKBONES; resnet50 is the paper's
     pooling: str = "spoc"  # spoc (the paper's) | mac | gem
     feature_dim: int = 256  # retrieval feature width D
     weights: str = ""  # local backbone weights file ("" = random init; nothing is downloaded)
@@ -72,8 +104,8 @@ class EmbedderConfig:
 class ManipulatorConfig:
     """Query feature manipulator G, D (Eq. 3-5) and the Table 3 switches."""
 
-    generator: str = "memory"  # memory: x + M[target] - M[source] + delta (ours) | mlp: the paper's G
-    target_sampling: str = "uniform"  # uniform: target class drawn uniformly, G given d (ours) | partner
+    generator: str = "memory"  # memory: x + M[target] - M[source] + delta (ours) | mlp (paper)
+    target_sampling: str = "uniform"  # uniform: any other class, G given d (ours) | partner
     matching: str = "M"  # M: target + remaining attributes, S: target only
     adversarial: bool = False  # Eq. 3 on/off (Table 3 'Adv'; off by default, BUILD.md section 8)
     online_sampling: bool = True  # Sec. 4.1 partner choice on/off (Table 3 'OS'; partner sampling)
@@ -84,7 +116,7 @@ class ManipulatorConfig:
     match_weight: float = 20.0  # weight of Eq. 4 (through D's matching head)
     cycle_weight: float = 3.0  # weight of Eq. 5
     teacher_weight: float = 10.0  # weight of Eq. 4 measured by the frozen embedders (ours; 0 = off)
-    retrieval_weight: float = 10.0  # weight of the softmax toward real features of the target combination (ours)
+    retrieval_weight: float = 10.0  # softmax toward real features of the target combination
     distance_weight: float = 0.0  # weight of ||x~ - x||^2 (ours; 0 = off)
     retrieval_temperature: float = 0.07  # softmax temperature of the retrieval term
     memory_temperature: float = 0.05  # temperature with which the memory G reads classes off e
@@ -155,58 +187,48 @@ class ExperimentConfig:
             values = d.get(name, {})
             unknown = set(values) - known
             if unknown:
-                raise ValueError(f"Unknown {name} settings {sorted(unknown)}; known: {sorted(known)}")
+                raise ValueError(
+                    f"Unknown {name} settings {sorted(unknown)}; known: {sorted(known)}"
+                )
             kwargs[name] = section_cls(**values)
         return cls(**kwargs)
 
     def validate(self) -> None:
         """Raises ValueError naming the first bad setting."""
-        if self.manipulator.matching not in ("M", "S"):
-            raise ValueError(f"manipulator.matching must be 'M' or 'S'. "
-                             f"Received: {self.manipulator.matching!r}")
-        if self.manipulator.generator not in ("memory", "mlp"):
-            raise ValueError(f"manipulator.generator must be 'memory' or 'mlp'. "
-                             f"Received: {self.manipulator.generator!r}")
-        if self.manipulator.precision not in ("float32", "mixed_bfloat16"):
-            raise ValueError(f"manipulator.precision must be 'float32' or 'mixed_bfloat16'. "
-                             f"Received: {self.manipulator.precision!r}")
-        if self.manipulator.target_sampling not in ("uniform", "partner"):
-            raise ValueError(f"manipulator.target_sampling must be 'uniform' or 'partner'. "
-                             f"Received: {self.manipulator.target_sampling!r}")
-        if self.runtime.strategy not in ("default", "mirrored", "multi_worker"):
-            raise ValueError(f"Unknown strategy. Received: strategy={self.runtime.strategy!r}")
-        if self.data.extractor_source not in ("synthetic", "deepfashion_inshop", "deepfashion_c2s"):
-            raise ValueError(f"Unknown extractor_source {self.data.extractor_source!r}")
-        if self.data.attribute_source not in ("synthetic", "darn", "shopping100k"):
-            raise ValueError(f"Unknown attribute_source {self.data.attribute_source!r}")
+        for name, accepted in (
+            ("manipulator.matching", FEATURE_MATCHING_MODES),
+            ("manipulator.generator", GENERATORS),
+            ("manipulator.precision", PRECISIONS),
+            ("manipulator.target_sampling", TARGET_SAMPLING),
+            ("runtime.strategy", STRATEGIES),
+            ("data.extractor_source", EXTRACTOR_SOURCES),
+            ("data.attribute_source", ATTRIBUTE_SOURCES),
+            ("extractor.backbone", BACKBONES),
+            ("extractor.pooling", POOLING_MODES),
+        ):
+            section, field = name.split(".")
+            check_option(name, getattr(getattr(self, section), field), accepted)
         if self.data.class_table:
             if self.data.attribute_source not in ("darn", "shopping100k"):
-                raise ValueError(f"data.class_table applies to a darn or shopping100k "
-                                 f"attribute_source. Received: {self.data.attribute_source!r}")
+                raise ValueError(
+                    f"data.class_table applies to a darn or shopping100k "
+                    f"attribute_source. Received: {self.data.attribute_source!r}"
+                )
             if not os.path.isfile(self.data.class_table):
                 raise ValueError(f"data.class_table: no such file: {self.data.class_table}")
-        for source, directory in ((self.data.extractor_source, self.data.extractor_data_dir),
-                                  (self.data.attribute_source, self.data.attribute_data_dir)):
+        for source, directory in (
+            (self.data.extractor_source, self.data.extractor_data_dir),
+            (self.data.attribute_source, self.data.attribute_data_dir),
+        ):
             if source != "synthetic" and not directory:
                 raise ValueError(f"data source {source!r} needs its data directory flag")
         if self.extractor.images_per_instance < 2:
             raise ValueError("extractor.images_per_instance must be >= 2 for triplet positives")
-        if self.extractor.backbone not in BACKBONES:
-            raise ValueError(f"extractor.backbone must be one of {list(BACKBONES)}. "
-                             f"Received: {self.extractor.backbone!r}")
-        if self.extractor.pooling not in POOLING_MODES:
-            raise ValueError(f"extractor.pooling must be one of {list(POOLING_MODES)}. "
-                             f"Received: {self.extractor.pooling!r}")
         for name, ok, requirement in _NUMERIC_CHECKS:
             section, field = name.split(".")
             value = getattr(getattr(self, section), field)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
                 raise ValueError(f"{name} must be {requirement}. Received: {value!r}")
-
-
-# Kept in step with flam_tf.models.backbones (not imported here: it imports TensorFlow).
-BACKBONES = ("small_cnn", "resnet50", "densenet121", "inception_resnet_v2", "efficientnet_b0")
-POOLING_MODES = ("spoc", "mac", "gem")
 
 
 def _at_least(low):
@@ -222,70 +244,81 @@ def _non_negative():
 
 
 # (section.field, check, requirement) for every numeric setting; a NaN fails every check.
-_NUMERIC_CHECKS = [(name, *check) for name, check in (
-    ("data.image_size", _at_least(16)),
-    ("data.num_instances", _at_least(10)),
-    ("data.entanglement", _non_negative()),
-    ("data.label_missing_prob", ((lambda v: 0 <= v < 1), "in [0, 1) (1 leaves no labels)")),
-    ("data.twins_per_item", ((lambda v: 0 <= v <= 3), "in 0..3 (one per attribute type)")),
-    ("data.top_n_classes", ((lambda v: 1 <= v <= 10), "in 1..10 (the vocabulary's classes)")),
-    ("data.fam_eval_size", _at_least(0)),
-    ("data.max_image_pixels", _at_least(1)),
-    ("data.decode_cache_mb", _at_least(0)),
-    ("extractor.feature_dim", _at_least(1)),
-    ("extractor.num_ce_classes", _at_least(1)),
-    ("extractor.margin", _non_negative()),
-    ("extractor.instances_per_batch", _at_least(2)),
-    ("extractor.images_per_instance", _at_least(2)),
-    ("extractor.epochs", _at_least(1)),
-    ("extractor.steps_per_epoch", _at_least(1)),
-    ("extractor.learning_rate", _positive()),
-    ("extractor.attribute_weight", _non_negative()),
-    ("extractor.attribute_batch_size", _at_least(1)),
-    ("embedder.embedding_dim", _at_least(1)),
-    ("embedder.hidden_units", _at_least(1)),
-    ("embedder.margin", _non_negative()),
-    ("embedder.batch_size", _at_least(2)),
-    ("embedder.epochs", _at_least(1)),
-    ("embedder.learning_rate", _positive()),
-    ("manipulator.g_hidden", _at_least(1)),
-    ("manipulator.d_hidden", _at_least(1)),
-    ("manipulator.adv_weight", _non_negative()),
-    ("manipulator.match_weight", _non_negative()),
-    ("manipulator.cycle_weight", _non_negative()),
-    ("manipulator.teacher_weight", _non_negative()),
-    ("manipulator.retrieval_weight", _non_negative()),
-    ("manipulator.distance_weight", _non_negative()),
-    ("manipulator.retrieval_temperature", _positive()),
-    ("manipulator.memory_temperature", _positive()),
-    ("manipulator.batch_size", _at_least(2)),
-    ("manipulator.epochs", _at_least(1)),
-    ("manipulator.paper_epochs", _at_least(1)),
-    ("manipulator.g_learning_rate", _positive()),
-    ("manipulator.d_learning_rate", _positive()),
-    ("baselines.block_dim", _at_least(1)),
-    ("baselines.batch_size", _at_least(1)),
-    ("baselines.epochs", _at_least(1)),
-    ("baselines.learning_rate", _positive()),
-    ("baselines.pixel_epochs", _at_least(0)),
-    ("baselines.pixel_steps_per_epoch", _at_least(1)),
-    ("baselines.pixel_batch_size", _at_least(1)),
-    ("evaluation.figure_queries", _at_least(1)),
-    ("runtime.seed", ((lambda v: 0 <= v < 2 ** 32), "in [0, 2**32)")),
-    ("runtime.min_steps_per_epoch", _at_least(1)),
-)]
+_NUMERIC_CHECKS = [
+    (name, *check)
+    for name, check in (
+        ("data.image_size", _at_least(16)),
+        ("data.num_instances", _at_least(10)),
+        ("data.entanglement", _non_negative()),
+        ("data.label_missing_prob", ((lambda v: 0 <= v < 1), "in [0, 1) (1 leaves no labels)")),
+        ("data.twins_per_item", ((lambda v: 0 <= v <= 3), "in 0..3 (one per attribute type)")),
+        ("data.top_n_classes", ((lambda v: 1 <= v <= 10), "in 1..10 (the vocabulary's classes)")),
+        ("data.fam_eval_size", _at_least(0)),
+        ("data.max_image_pixels", _at_least(1)),
+        ("data.decode_cache_mb", _at_least(0)),
+        ("extractor.feature_dim", _at_least(1)),
+        ("extractor.num_ce_classes", _at_least(1)),
+        ("extractor.margin", _non_negative()),
+        ("extractor.instances_per_batch", _at_least(2)),
+        ("extractor.images_per_instance", _at_least(2)),
+        ("extractor.epochs", _at_least(1)),
+        ("extractor.steps_per_epoch", _at_least(1)),
+        ("extractor.learning_rate", _positive()),
+        ("extractor.attribute_weight", _non_negative()),
+        ("extractor.attribute_batch_size", _at_least(1)),
+        ("embedder.embedding_dim", _at_least(1)),
+        ("embedder.hidden_units", _at_least(1)),
+        ("embedder.margin", _non_negative()),
+        ("embedder.batch_size", _at_least(2)),
+        ("embedder.epochs", _at_least(1)),
+        ("embedder.learning_rate", _positive()),
+        ("manipulator.g_hidden", _at_least(1)),
+        ("manipulator.d_hidden", _at_least(1)),
+        ("manipulator.adv_weight", _non_negative()),
+        ("manipulator.match_weight", _non_negative()),
+        ("manipulator.cycle_weight", _non_negative()),
+        ("manipulator.teacher_weight", _non_negative()),
+        ("manipulator.retrieval_weight", _non_negative()),
+        ("manipulator.distance_weight", _non_negative()),
+        ("manipulator.retrieval_temperature", _positive()),
+        ("manipulator.memory_temperature", _positive()),
+        ("manipulator.batch_size", _at_least(2)),
+        ("manipulator.epochs", _at_least(1)),
+        ("manipulator.paper_epochs", _at_least(1)),
+        ("manipulator.g_learning_rate", _positive()),
+        ("manipulator.d_learning_rate", _positive()),
+        ("baselines.block_dim", _at_least(1)),
+        ("baselines.batch_size", _at_least(1)),
+        ("baselines.epochs", _at_least(1)),
+        ("baselines.learning_rate", _positive()),
+        ("baselines.pixel_epochs", _at_least(0)),
+        ("baselines.pixel_steps_per_epoch", _at_least(1)),
+        ("baselines.pixel_batch_size", _at_least(1)),
+        ("evaluation.figure_queries", _at_least(1)),
+        ("runtime.seed", ((lambda v: 0 <= v < 2**32), "in [0, 2**32)")),
+        ("runtime.min_steps_per_epoch", _at_least(1)),
+    )
+]
 
 
 def _smoke() -> ExperimentConfig:
     c = ExperimentConfig(preset="smoke")
     c.data = DataConfig(image_size=32, num_instances=360)
-    c.extractor = ExtractorConfig(feature_dim=64, epochs=2, steps_per_epoch=15,
-                                  instances_per_batch=8, images_per_instance=4)
+    c.extractor = ExtractorConfig(
+        feature_dim=64, epochs=2, steps_per_epoch=15, instances_per_batch=8, images_per_instance=4
+    )
     c.embedder = EmbedderConfig(hidden_units=64, epochs=3, batch_size=64)
-    c.manipulator = ManipulatorConfig(g_hidden=128, d_hidden=128, epochs=3, paper_epochs=3,
-                                      batch_size=64)
-    c.baselines = BaselineConfig(block_dim=16, epochs=3, batch_size=64, pixel_epochs=2,
-                                 pixel_steps_per_epoch=10, pixel_batch_size=32)
+    c.manipulator = ManipulatorConfig(
+        g_hidden=128, d_hidden=128, epochs=3, paper_epochs=3, batch_size=64
+    )
+    c.baselines = BaselineConfig(
+        block_dim=16,
+        epochs=3,
+        batch_size=64,
+        pixel_epochs=2,
+        pixel_steps_per_epoch=10,
+        pixel_batch_size=32,
+    )
     c.evaluation = EvaluationConfig(compare=True, figure_queries=2)  # every path, quickly
     return c
 
@@ -294,25 +327,33 @@ def _paper() -> ExperimentConfig:
     """The paper's sizes (Sec. 4.1): ResNet50-SPoC, 1024-d, k=32, 341-d baseline blocks. GPU host."""
     c = ExperimentConfig(preset="paper")
     c.data = DataConfig(image_size=224, num_instances=20000)
-    c.extractor = ExtractorConfig(backbone="resnet50", feature_dim=1024, epochs=30,
-                                  steps_per_epoch=500, instances_per_batch=32,
-                                  images_per_instance=4, learning_rate=1e-4)
+    c.extractor = ExtractorConfig(
+        backbone="resnet50",
+        feature_dim=1024,
+        epochs=30,
+        steps_per_epoch=500,
+        instances_per_batch=32,
+        images_per_instance=4,
+        learning_rate=1e-4,
+    )
     c.embedder = EmbedderConfig(embedding_dim=32, hidden_units=512, epochs=30)
     c.manipulator = ManipulatorConfig(g_hidden=1024, d_hidden=1024, epochs=20, paper_epochs=50)
-    c.baselines = BaselineConfig(block_dim=341, epochs=30, pixel_epochs=30,
-                                 pixel_steps_per_epoch=500)
+    c.baselines = BaselineConfig(
+        block_dim=341, epochs=30, pixel_epochs=30, pixel_steps_per_epoch=500
+    )
     c.evaluation = EvaluationConfig(compare=True)  # the paper's Tables 3-4 rows
     return c
 
 
-PRESETS = {"smoke": _smoke, "default": lambda: ExperimentConfig(preset="default"),
-           "paper": _paper}
+PRESETS = {"smoke": _smoke, "default": lambda: ExperimentConfig(preset="default"), "paper": _paper}
 
 
 def get_preset(name: str) -> ExperimentConfig:
     """Returns a fresh config of preset `name` (ValueError listing the presets if unknown)."""
     if name not in PRESETS:
-        raise ValueError(f"Unknown preset. Received: preset={name!r}; expected one of {list(PRESETS)}")
+        raise ValueError(
+            f"Unknown preset. Received: preset={name!r}; expected one of {list(PRESETS)}"
+        )
     return PRESETS[name]()
 
 

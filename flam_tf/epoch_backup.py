@@ -41,7 +41,7 @@ STATE_FILE = "state.json"
 def stage_seed(seed: int, name: str) -> int:
     """A seed for the stage (or model) `name` of a run seeded with `seed`: stable across
     processes and Python versions (CRC32 of the name, not Python's salted `hash`)."""
-    return int((int(seed) * 1_000_003 + zlib.crc32(name.encode("utf-8"))) % (2 ** 31 - 1))
+    return int((int(seed) * 1_000_003 + zlib.crc32(name.encode("utf-8"))) % (2**31 - 1))
 
 
 def seed_everything(seed: int, name: str) -> int:
@@ -97,8 +97,9 @@ class EpochBackup(keras.callbacks.Callback):
         name: the model, in the line printed when a fit resumes.
     """
 
-    def __init__(self, backup_dir: str, write_dir: Optional[str] = None,
-                 name: Optional[str] = None):
+    def __init__(
+        self, backup_dir: str, write_dir: Optional[str] = None, name: Optional[str] = None
+    ):
         super().__init__()
         self.backup_dir = backup_dir
         self.write_dir = write_dir
@@ -123,18 +124,22 @@ class EpochBackup(keras.callbacks.Callback):
             # backup made with other steps per epoch (other settings, or a version of this
             # package that did not record them) would resume from the wrong batch.
             made = state.get("steps_per_epoch", "an unrecorded number of")
-            raise ValueError(f"{folder}: this backup was made with {made} steps per epoch and "
-                             f"this fit runs {steps}, so its epoch count cannot be resumed; "
-                             f"remove {self.backup_dir} to retrain this model from its start")
+            raise ValueError(
+                f"{folder}: this backup was made with {made} steps per epoch and "
+                f"this fit runs {steps}, so its epoch count cannot be resumed; "
+                f"remove {self.backup_dir} to retrain this model from its start"
+            )
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
         self.model.load_weights(os.path.join(folder, WEIGHTS_FILE))
         with np.load(os.path.join(folder, SEEDS_FILE)) as saved:
             generators = _seed_generators(self.model)
             if len(saved.files) != len(generators):
-                raise ValueError(f"{folder}: the backup holds {len(saved.files)} seed states, the "
-                                 f"model has {len(generators)} seed generators; remove "
-                                 f"{self.backup_dir} to restart the stage")
+                raise ValueError(
+                    f"{folder}: the backup holds {len(saved.files)} seed states, the "
+                    f"model has {len(generators)} seed generators; remove "
+                    f"{self.backup_dir} to restart the stage"
+                )
             for i, generator in enumerate(generators):
                 generator.state.assign(saved[f"s{i}"])
         self.previous_history = state.get("history", {})
@@ -152,12 +157,19 @@ class EpochBackup(keras.callbacks.Callback):
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         self.model.save_weights(os.path.join(tmp, WEIGHTS_FILE))
-        states = {f"s{i}": np.asarray(g.state.numpy())
-                  for i, g in enumerate(_seed_generators(self.model))}
+        states = {
+            f"s{i}": np.asarray(g.state.numpy()) for i, g in enumerate(_seed_generators(self.model))
+        }
         np.savez(os.path.join(tmp, SEEDS_FILE), **states)
         with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
-            json.dump({"epoch": epoch + 1, "steps_per_epoch": self.params.get("steps"),
-                       "history": self.previous_history}, f)
+            json.dump(
+                {
+                    "epoch": epoch + 1,
+                    "steps_per_epoch": self.params.get("steps"),
+                    "history": self.previous_history,
+                },
+                f,
+            )
             f.flush()
             os.fsync(f.fileno())
         if self.write_dir is not None:  # a worker: its copy was only written to take part
@@ -170,8 +182,9 @@ class EpochBackup(keras.callbacks.Callback):
                 shutil.rmtree(folder, ignore_errors=True)
 
     def on_train_end(self, logs=None):
-        shutil.rmtree(self.backup_dir if self.write_dir is None else self.write_dir,
-                      ignore_errors=True)
+        shutil.rmtree(
+            self.backup_dir if self.write_dir is None else self.write_dir, ignore_errors=True
+        )
 
     def _remove_temporaries(self) -> None:
         if os.path.isdir(self.backup_dir):
@@ -180,8 +193,9 @@ class EpochBackup(keras.callbacks.Callback):
                     shutil.rmtree(os.path.join(self.backup_dir, name), ignore_errors=True)
 
 
-def merged_history(backup: Optional[EpochBackup], history: keras.callbacks.History
-                   ) -> Dict[str, List[float]]:
+def merged_history(
+    backup: Optional[EpochBackup], history: keras.callbacks.History
+) -> Dict[str, List[float]]:
     """Epoch metrics of a whole stage: those the backup restored, then the resumed fit's."""
     if backup is not None and backup.previous_history:
         return {k: list(v) for k, v in backup.previous_history.items()}

@@ -1,14 +1,14 @@
 """Losses of FLAM: the triplet loss (Eq. 1) and Eq. 2-5 of the paper.
 
 Each loss is a pure TensorFlow function that carries the math; `TripletLoss` is a thin
-`keras.losses.Loss` wrapper for `model.compile`. The GAN losses have `*_per_example` variants that
-return one value per example, so that a train_step can average them over the valid rows of the
-global batch (`flam_tf.distribute.masked_mean`) and scale the result per replica
-(`flam_tf.distribute.scaled_loss`).
+`keras.losses.Loss` wrapper for `model.compile`. The embedder and GAN losses have `*_per_example`
+variants that return one value per example, so that a train_step can average them over the valid
+rows of the global batch (`flam_tf.distribute.masked_mean`).
 
 Triplet loss semantics follow TensorFlow Addons 0.23 (`tfa.losses.triplet_semihard_loss` and
-`triplet_hard_loss`), which cannot be imported on TF 2.21 (BUILD.md, section 2). Our option names map to TFA's
-`distance_metric` as "cosine" -> "angular", "l2" -> "L2", "squared_l2" -> "squared-L2". The only
+`triplet_hard_loss`), which cannot be imported on TF 2.21 (BUILD.md, "No tensorflow-addons").
+Our option names map to TFA's `distance_metric` as "cosine" -> "angular", "l2" -> "L2",
+"squared_l2" -> "squared-L2". The only
 intended differences: 0 instead of TFA's 0/0 = NaN for a semi-hard batch without any positive pair
 and for an empty batch (every example masked out).
 """
@@ -16,19 +16,8 @@ and for an empty batch (every example masked out).
 import keras
 import tensorflow as tf
 
+from flam_tf.config import DISTANCES, FEATURE_MATCHING_MODES, MINING_STRATEGIES, check_option
 from flam_tf.vocabulary import ATTRIBUTE_TYPES, MISSING
-
-MINING_STRATEGIES = ("semi-hard", "hard")
-DISTANCES = ("cosine", "l2", "squared_l2")
-FEATURE_MATCHING_MODES = ("M", "S")
-
-
-def _check_option(name, value, accepted):
-    if value not in accepted:
-        raise ValueError(
-            f"Unknown {name}. Received: {name}={value!r}; expected one of {list(accepted)}"
-        )
-
 
 # ---------------------------------------------------------------------------------------------
 # Distances
@@ -55,7 +44,7 @@ def pairwise_distance(embeddings, distance="cosine"):
     Raises:
         ValueError: for an unknown `distance`.
     """
-    _check_option("distance", distance, DISTANCES)
+    check_option("distance", distance, DISTANCES)
     embeddings = tf.convert_to_tensor(embeddings)
     if distance == "cosine":
         unit = tf.math.l2_normalize(embeddings, axis=1)
@@ -76,19 +65,6 @@ def pairwise_distance(embeddings, distance="cosine"):
     result = result * tf.cast(tf.logical_not(is_zero), result.dtype)
     off_diagonal = 1.0 - tf.eye(tf.shape(embeddings)[0], dtype=result.dtype)
     return result * off_diagonal
-
-
-def cosine_distance(a, b):
-    """Row-wise cosine distance `1 - cos(a_i, b_i)` (the paper's `dist` in Eq. 1).
-
-    Args:
-        a: float Tensor [..., D].
-        b: float Tensor [..., D], broadcastable against `a`.
-
-    Returns:
-        float Tensor [...].
-    """
-    return 1.0 - cosine_similarity(a, b)
 
 
 def cosine_similarity(x, y):
@@ -165,8 +141,8 @@ def triplet_loss(
     Raises:
         ValueError: for an unknown `mining` or `distance`.
     """
-    _check_option("mining", mining, MINING_STRATEGIES)
-    _check_option("distance", distance, DISTANCES)
+    check_option("mining", mining, MINING_STRATEGIES)
+    check_option("distance", distance, DISTANCES)
     labels = tf.reshape(tf.convert_to_tensor(labels), [-1])
     embeddings = tf.cast(tf.convert_to_tensor(embeddings), tf.float32)
     if sample_weight_mask is not None:
@@ -186,9 +162,7 @@ def triplet_loss(
         hardest_positive = _masked_max(dist, positive, fallback=row_min)  # [B]
         hardest_negative = _masked_min(dist, negative, fallback=row_max)  # [B]
         per_anchor = tf.maximum(hardest_positive - hardest_negative + margin, 0.0)
-        return tf.math.divide_no_nan(
-            tf.reduce_sum(per_anchor), tf.cast(batch_size, tf.float32)
-        )
+        return tf.math.divide_no_nan(tf.reduce_sum(per_anchor), tf.cast(batch_size, tf.float32))
 
     # Semi-hard. d_an[a, p, n] = dist[a, n]; candidate n: a negative of a farther than p.
     d_ap = dist[:, :, None]
@@ -201,9 +175,7 @@ def triplet_loss(
     )  # [B, B]
     loss_matrix = tf.maximum(dist - semi_hard_negative + margin, 0.0)
     positive = tf.cast(positive, tf.float32)
-    return tf.math.divide_no_nan(
-        tf.reduce_sum(loss_matrix * positive), tf.reduce_sum(positive)
-    )
+    return tf.math.divide_no_nan(tf.reduce_sum(loss_matrix * positive), tf.reduce_sum(positive))
 
 
 @keras.saving.register_keras_serializable(package="flam_tf")
@@ -214,18 +186,20 @@ class TripletLoss(keras.losses.Loss):
     mining happens within each replica's slice of the batch.
     """
 
-    def __init__(self, margin=1.0, mining="semi-hard", distance="cosine", name="triplet_loss",
-                 **kwargs):
-        _check_option("mining", mining, MINING_STRATEGIES)
-        _check_option("distance", distance, DISTANCES)
+    def __init__(
+        self, margin=1.0, mining="semi-hard", distance="cosine", name="triplet_loss", **kwargs
+    ):
+        check_option("mining", mining, MINING_STRATEGIES)
+        check_option("distance", distance, DISTANCES)
         super().__init__(name=name, **kwargs)
         self.margin = margin
         self.mining = mining
         self.distance = distance
 
     def call(self, y_true, y_pred):
-        return triplet_loss(y_true, y_pred, margin=self.margin, mining=self.mining,
-                            distance=self.distance)
+        return triplet_loss(
+            y_true, y_pred, margin=self.margin, mining=self.mining, distance=self.distance
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -257,8 +231,9 @@ def _mine_negative(d_ap, d_an, negative, mining):
     return _masked_min(d_an, outside, fallback=farthest)
 
 
-def embedder_triplet_loss_per_example(labels, embeddings, dictionary, margin=1.0,
-                                      mining="semi-hard"):
+def embedder_triplet_loss_per_example(
+    labels, embeddings, dictionary, margin=1.0, mining="semi-hard"
+):
     """Eq. 2 per example: `l(d_y, e_i, e^-) + l(e_i, d_y, d^-)`, 0 for a missing label.
 
     With cosine distance `dist` (Eq. 1) and `y = labels[i]`:
@@ -284,7 +259,7 @@ def embedder_triplet_loss_per_example(labels, embeddings, dictionary, margin=1.0
     Raises:
         ValueError: for an unknown `mining`.
     """
-    _check_option("mining", mining, MINING_STRATEGIES)
+    check_option("mining", mining, MINING_STRATEGIES)
     labels = tf.reshape(tf.cast(tf.convert_to_tensor(labels), tf.int32), [-1])
     embeddings = tf.cast(tf.convert_to_tensor(embeddings), tf.float32)
     dictionary = tf.cast(tf.convert_to_tensor(dictionary), tf.float32)
@@ -299,9 +274,7 @@ def embedder_triplet_loss_per_example(labels, embeddings, dictionary, margin=1.0
 
     # Term 1: anchor d_{y_i}, negatives e_j with a valid, different label.
     d_an_1 = 1.0 - tf.matmul(d_y, e, transpose_b=True)  # [B, B]
-    negative_1 = tf.logical_and(
-        tf.not_equal(labels[:, None], labels[None, :]), valid[None, :]
-    )
+    negative_1 = tf.logical_and(tf.not_equal(labels[:, None], labels[None, :]), valid[None, :])
     term_1 = tf.maximum(d_pos - _mine_negative(d_pos, d_an_1, negative_1, mining) + margin, 0.0)
 
     # Term 2: anchor e_i, negatives d_c for every class c != y_i.
@@ -362,10 +335,12 @@ def discriminator_adversarial_loss_per_example(real_logits, fake_logits):
     """
     real_logits = _flatten_logits(real_logits)
     fake_logits = _flatten_logits(fake_logits)
-    real = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.ones_like(real_logits),
-                                                   logits=real_logits)
-    fake = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.zeros_like(fake_logits),
-                                                   logits=fake_logits)
+    real = tf.nn.sigmoid_cross_entropy_with_logits(
+        labels=tf.ones_like(real_logits), logits=real_logits
+    )
+    fake = tf.nn.sigmoid_cross_entropy_with_logits(
+        labels=tf.zeros_like(fake_logits), logits=fake_logits
+    )
     return real + fake
 
 
@@ -387,8 +362,9 @@ def generator_adversarial_loss_per_example(fake_logits):
         float32 Tensor [B].
     """
     fake_logits = _flatten_logits(fake_logits)
-    return tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.ones_like(fake_logits),
-                                                   logits=fake_logits)
+    return tf.nn.sigmoid_cross_entropy_with_logits(
+        labels=tf.ones_like(fake_logits), logits=fake_logits
+    )
 
 
 def generator_adversarial_loss(fake_logits):
@@ -408,8 +384,14 @@ def _safe_norm(x):
     return tf.where(positive, tf.sqrt(tf.where(positive, squared, 1.0)), 0.0)
 
 
-def feature_matching_loss(f_pred, target_embeddings, target_index, mode="M", per_example=False,
-                          num_types=len(ATTRIBUTE_TYPES)):
+def feature_matching_loss(
+    f_pred,
+    target_embeddings,
+    target_index,
+    mode="M",
+    per_example=False,
+    num_types=len(ATTRIBUTE_TYPES),
+):
     """Eq. 4, `L_match`: `|| f(x) - [phi_a(.)]_target (+) [phi_abar(x)]_remain ||`.
 
     `f_pred` and `target_embeddings` are split in `num_types` blocks of k, one per attribute type
@@ -435,7 +417,7 @@ def feature_matching_loss(f_pred, target_embeddings, target_index, mode="M", per
     Raises:
         ValueError: for an unknown `mode`.
     """
-    _check_option("mode", mode, FEATURE_MATCHING_MODES)
+    check_option("mode", mode, FEATURE_MATCHING_MODES)
     f_pred = tf.cast(tf.convert_to_tensor(f_pred), tf.float32)
     target_embeddings = tf.cast(tf.convert_to_tensor(target_embeddings), tf.float32)
     difference = f_pred - target_embeddings

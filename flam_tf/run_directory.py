@@ -1,14 +1,14 @@
 """The run directory: one place that names every file a run reads or writes.
 
-    D/config.json            resolved ExperimentConfig
-    D/stages.json            finished stages and their wall times (a rerun skips these)
-    D/data/                  the synthetic benchmark (or the combined manifest of real sources)
-    D/checkpoints/<model>/   mid-stage epoch backups (epoch_backup.EpochBackup); gone once a fit ends
-    D/models/*.keras         trained models
-    D/features/              feature store: features.npz (every image), fam_gallery.npz
-    D/logs/<stage>/          TensorBoard summaries; D/logs/<stage>_history.json epoch metrics
-    D/report.json, D/report.md, D/figures/*.png
-    D/export/                TF Serving layout (export stage)
+D/config.json            resolved ExperimentConfig
+D/stages.json            finished stages and their wall times (a rerun skips these)
+D/data/                  the synthetic benchmark (or the combined manifest of real sources)
+D/checkpoints/<model>/   mid-stage epoch backups (epoch_backup.EpochBackup); gone once a fit ends
+D/models/*.keras         trained models
+D/features/              feature store: features.npz (every image), fam_gallery.npz
+D/logs/<stage>/          TensorBoard summaries; D/logs/<stage>_history.json epoch metrics
+D/report.json, D/report.md, D/figures/*.png
+D/export/                TF Serving layout (export stage)
 """
 
 import json
@@ -18,6 +18,22 @@ import time
 from typing import Any, Dict, Optional
 
 from flam_tf import config as config_lib
+
+# Files of a run directory, relative to its root (RunDirectory's properties give full paths; the
+# module-level `run_file` serves code that holds only the root, such as the exporter and clients).
+CONFIG_JSON = "config.json"
+STAGES_JSON = "stages.json"
+MANIFEST_CSV = os.path.join("data", "manifest.csv")
+FEATURES_NPZ = os.path.join("features", "features.npz")
+FAM_GALLERY_NPZ = os.path.join("features", "fam_gallery.npz")
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+EXPORT_DIR = "export"
+
+
+def run_file(root: str, name: str) -> str:
+    """The path of the run-directory file `name` (one of the names above) under `root`."""
+    return os.path.join(root, name)
 
 
 # Dotted config names a rerun may change in an existing run directory (see check_or_write_config).
@@ -58,10 +74,33 @@ class RunDirectory:
 
     @property
     def manifest_path(self) -> str:
-        return self.path("data", "manifest.csv")
+        return self.path(MANIFEST_CSV)
+
+    @property
+    def features_path(self) -> str:
+        """Every image's feature x, in manifest order (the features stage)."""
+        return self.path(FEATURES_NPZ)
+
+    @property
+    def fam_gallery_path(self) -> str:
+        """The FAM gallery's features, ids and labels: what the searcher serves."""
+        return self.path(FAM_GALLERY_NPZ)
+
+    def pixel_features_path(self, stem: str) -> str:
+        """The encoder features of the pixel-trained baseline `stem` (zeros for unused rows)."""
+        return self.path("features", f"{stem}_features.npz")
+
+    @property
+    def report_path(self) -> str:
+        return self.path(REPORT_JSON)
 
     def model_path(self, name: str) -> str:
-        return self.path("models", f"{name}.keras")
+        return self.model_file(self.root, name)
+
+    @staticmethod
+    def model_file(root: str, name: str) -> str:
+        """The trained model `name` of the run directory `root`: models/<name>.keras."""
+        return os.path.join(root, "models", f"{name}.keras")
 
     def checkpoint_dir(self, stage: str) -> str:
         return self.path("checkpoints", stage)
@@ -86,25 +125,29 @@ class RunDirectory:
                 differs), so skipped stages would not match this configuration.
         """
         config.validate()
-        path = self.path("config.json")
+        path = self.path(CONFIG_JSON)
         if os.path.exists(path):
             previous = _read_json_object(path, "config")
             defaults = config_lib.ExperimentConfig().to_dict()
-            changed = [c for c in config_lib.diff(previous, config.to_dict())
-                       if c.split(":")[0] not in ADDITIVE_SETTINGS
-                       and not _added_at_default(c.split(":")[0], previous, config, defaults)]
+            changed = [
+                c
+                for c in config_lib.diff(previous, config.to_dict())
+                if c.split(":")[0] not in ADDITIVE_SETTINGS
+                and not _added_at_default(c.split(":")[0], previous, config, defaults)
+            ]
             if not changed and previous != config.to_dict():
                 write_json(path, config.to_dict())
             if changed:
                 raise ValueError(
                     f"{path} was written with other settings; use a new --run_dir or the same "
-                    f"flags. Differences: " + "; ".join(changed))
+                    f"flags. Differences: " + "; ".join(changed)
+                )
             return
         write_json(path, config.to_dict())
 
     # -- stage bookkeeping ------------------------------------------------------------------------
     def _stages(self) -> Dict[str, Any]:
-        path = self.path("stages.json")
+        path = self.path(STAGES_JSON)
         if not os.path.exists(path):
             return {}
         return _read_json_object(path, "stage bookkeeping")
@@ -114,9 +157,12 @@ class RunDirectory:
 
     def mark_done(self, stage: str, seconds: float, **info: Any) -> None:
         stages = self._stages()
-        stages[stage] = {"seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                         **info}
-        write_json(self.path("stages.json"), stages)
+        stages[stage] = {
+            "seconds": round(seconds, 2),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **info,
+        }
+        write_json(self.path(STAGES_JSON), stages)
 
     def timings(self) -> Dict[str, float]:
         """{stage: seconds} of the finished stages, in pipeline order."""
@@ -135,13 +181,18 @@ def _read_json_object(path: str, what: str) -> Dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is damaged ({e}); delete it or use a new --run_dir") from e
     if not isinstance(value, dict):
-        raise ValueError(f"{path} is damaged (not a JSON object of {what}); delete it or use a "
-                         f"new --run_dir")
+        raise ValueError(
+            f"{path} is damaged (not a JSON object of {what}); delete it or use a new --run_dir"
+        )
     return value
 
 
-def _added_at_default(name: str, previous: Dict[str, Any], config: config_lib.ExperimentConfig,
-                      defaults: Dict[str, Any]) -> bool:
+def _added_at_default(
+    name: str,
+    previous: Dict[str, Any],
+    config: config_lib.ExperimentConfig,
+    defaults: Dict[str, Any],
+) -> bool:
     """Whether dotted setting `name` is absent from `previous` and `config` has its default."""
     section, _, field = name.partition(".")
     if not field or field in previous.get(section, {}):

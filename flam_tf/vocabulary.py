@@ -6,19 +6,44 @@ project is the position in these tuples.
 """
 
 ATTRIBUTE_TYPES = ("shape", "color", "pattern")
+NUM_TYPES = len(ATTRIBUTE_TYPES)
 
 CLASSES = {
     "shape": (
-        "t-shirt", "shirt", "sweater", "hoodie", "dress",
-        "skirt", "trousers", "shorts", "jacket", "coat",
+        "t-shirt",
+        "shirt",
+        "sweater",
+        "hoodie",
+        "dress",
+        "skirt",
+        "trousers",
+        "shorts",
+        "jacket",
+        "coat",
     ),
     "color": (
-        "black", "white", "grey", "red", "pink",
-        "yellow", "green", "blue", "navy", "brown",
+        "black",
+        "white",
+        "grey",
+        "red",
+        "pink",
+        "yellow",
+        "green",
+        "blue",
+        "navy",
+        "brown",
     ),
     "pattern": (
-        "solid", "striped", "pinstriped", "checked", "dotted",
-        "diagonal", "zigzag", "floral", "camouflage", "colorblock",
+        "solid",
+        "striped",
+        "pinstriped",
+        "checked",
+        "dotted",
+        "diagonal",
+        "zigzag",
+        "floral",
+        "camouflage",
+        "colorblock",
     ),
 }
 

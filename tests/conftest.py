@@ -6,6 +6,8 @@ ask for a strategy run on the first device, as they would anyway.
 """
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -20,13 +22,12 @@ except RuntimeError:  # already initialised by an earlier import in this process
     pass
 
 
-import os as _os  # noqa: E402
-import subprocess as _subprocess  # noqa: E402
-import sys as _sys  # noqa: E402
-
 import pytest  # noqa: E402
 
-REPO = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+# The fake run directory, its export and a dev server (fixtures of the serving tests).
+pytest_plugins = ["serving_fixtures"]
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="session")
@@ -37,8 +38,12 @@ def smoke_run(tmp_path_factory):
         (run directory, the command's combined output).
     """
     run_dir = str(tmp_path_factory.mktemp("smoke_run"))
-    result = _subprocess.run(
-        [_sys.executable, "-m", "flam_tf.train", "--preset=smoke", f"--run_dir={run_dir}"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "flam_tf.train", "--preset=smoke", f"--run_dir={run_dir}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return run_dir, result.stdout + result.stderr

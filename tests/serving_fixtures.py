@@ -25,14 +25,17 @@ FEATURE_DIM = 8
 NUM_GALLERY = 50
 NUM_IMAGES = 6
 
+
 def build_models(image_size=IMAGE_SIZE, feature_dim=FEATURE_DIM):
     """Returns (extractor, embedder, manipulator): the real classes, tiny and untrained."""
     keras.utils.set_random_seed(0)
-    extractor = FeatureExtractor(backbone="small_cnn", feature_dim=feature_dim,
-                                 image_size=image_size, num_ce_classes=4)
+    extractor = FeatureExtractor(
+        backbone="small_cnn", feature_dim=feature_dim, image_size=image_size, num_ce_classes=4
+    )
     embedder = AttributeEmbedder(feature_dim=feature_dim, embedding_dim=4, hidden_units=8)
-    manipulator = FeatureManipulator(embedder, feature_dim=feature_dim, embedding_dim=4,
-                                     g_hidden=(8,), d_hidden=(8,))
+    manipulator = FeatureManipulator(
+        embedder, feature_dim=feature_dim, embedding_dim=4, g_hidden=(8,), d_hidden=(8,)
+    )
     extractor(np.zeros((1, image_size, image_size, 3), np.float32))
     return extractor, embedder, manipulator
 
@@ -40,8 +43,14 @@ def build_models(image_size=IMAGE_SIZE, feature_dim=FEATURE_DIM):
 def random_image(rng, height, width):
     """A uint8 RGB image [H, W, 3] with some structure (so resizing matters)."""
     y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([x * 255 / max(width - 1, 1), y * 255 / max(height - 1, 1),
-                     np.full((height, width), rng.uniform(0, 255))], axis=-1)
+    base = np.stack(
+        [
+            x * 255 / max(width - 1, 1),
+            y * 255 / max(height - 1, 1),
+            np.full((height, width), rng.uniform(0, 255)),
+        ],
+        axis=-1,
+    )
     return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
 
 
@@ -52,28 +61,49 @@ def make_run_dir(root, image_size=IMAGE_SIZE, feature_dim=FEATURE_DIM, num_galle
     os.makedirs(os.path.join(root, "features"))
     os.makedirs(os.path.join(root, "data", "images"))
     with open(os.path.join(root, "config.json"), "w") as f:
-        json.dump({"data": {"image_size": image_size}, "extractor": {"feature_dim": feature_dim}}, f)
+        json.dump(
+            {"data": {"image_size": image_size}, "extractor": {"feature_dim": feature_dim}}, f
+        )
     extractor, embedder, manipulator = build_models(image_size, feature_dim)
-    for name, model in (("extractor", extractor), ("embedder", embedder),
-                        ("manipulator", manipulator)):
+    for name, model in (
+        ("extractor", extractor),
+        ("embedder", embedder),
+        ("manipulator", manipulator),
+    ):
         model.save(os.path.join(root, "models", f"{name}.keras"))
     rows = []
     for i in range(NUM_IMAGES):  # sizes differ from image_size: the graph must resize
         path = f"images/item{i}.png"
-        tf.io.write_file(os.path.join(root, "data", path),
-                         tf.io.encode_png(random_image(rng, 20 + 3 * i, 24 - i)))
-        rows.append({"path": path, "instance_id": f"item{i}", "domain": "shop",
-                     "split": "fam_eval", "shape": "shirt", "color": "red", "pattern": "solid",
-                     "role": "fam_gallery"})
+        tf.io.write_file(
+            os.path.join(root, "data", path),
+            tf.io.encode_png(random_image(rng, 20 + 3 * i, 24 - i)),
+        )
+        rows.append(
+            {
+                "path": path,
+                "instance_id": f"item{i}",
+                "domain": "shop",
+                "split": "fam_eval",
+                "shape": "shirt",
+                "color": "red",
+                "pattern": "solid",
+                "role": "fam_gallery",
+            }
+        )
     manifest_lib.write_manifest(os.path.join(root, "data", "manifest.csv"), rows, ["role"])
     feature = rng.normal(size=(num_gallery, feature_dim)).astype(np.float32)
     feature /= np.linalg.norm(feature, axis=1, keepdims=True)
     pick = lambda a: rng.choice(vocabulary.CLASSES[a], num_gallery)  # noqa: E731
-    np.savez(os.path.join(root, "features", "fam_gallery.npz"), feature=feature,
-             instance_id=np.array([f"g{i}" for i in range(num_gallery)]),
-             path=np.array([f"images/g{i:03d}.png" for i in range(num_gallery)]),
-             shape=pick("shape"), color=pick("color"), pattern=pick("pattern"),
-             twin_of=np.array([""] * num_gallery))
+    np.savez(
+        os.path.join(root, "features", "fam_gallery.npz"),
+        feature=feature,
+        instance_id=np.array([f"g{i}" for i in range(num_gallery)]),
+        path=np.array([f"images/g{i:03d}.png" for i in range(num_gallery)]),
+        shape=pick("shape"),
+        color=pick("color"),
+        pattern=pick("pattern"),
+        twin_of=np.array([""] * num_gallery),
+    )
     return root
 
 
@@ -92,6 +122,7 @@ def run_dir(tmp_path_factory):
 def exported(run_dir):
     """dict from `export_run(run_dir, output=<run_dir>/export)` (export built once)."""
     from flam_tf.serving import export
+
     if "exported" not in _CACHE:
         _CACHE["exported"] = export.export_run(run_dir, top_k=10)
     return _CACHE["exported"]
@@ -102,6 +133,7 @@ def keras_models(run_dir):
     """(extractor, manipulator) loaded from the run directory's .keras files."""
     if "models" not in _CACHE:
         from flam_tf.serving import export
+
         _CACHE["models"] = export.load_run_models(run_dir)[1:]
     return _CACHE["models"]
 
@@ -109,6 +141,7 @@ def keras_models(run_dir):
 def load_png(path):
     """uint8 [H, W, 3] pixels of a PNG, decoded with PIL (independent of the graph's decoder)."""
     from PIL import Image
+
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
 
@@ -139,8 +172,9 @@ def server(exported):
     """A dev server on a free loopback port for one test module; yields "127.0.0.1:<port>"."""
     from flam_tf.serving import dev_server
 
-    grpc_server, port, _ = dev_server.create_server(exported["models.config"], port=0,
-                                                    max_workers=8)
+    grpc_server, port, _ = dev_server.create_server(
+        exported["models.config"], port=0, max_workers=8
+    )
     grpc_server.start()
     yield f"127.0.0.1:{port}"
     grpc_server.stop(0).wait()

@@ -37,65 +37,68 @@ def test_overrides_convert_types_and_diff_names_them():
     assert changed == ["extractor.epochs: 2 -> 7", "manipulator.adversarial: False -> True"]
 
 
-@pytest.mark.parametrize("section, name, value, message", [
-    ("manipulator", "matching", "X", "matching"),
-    ("runtime", "strategy", "tpu", "strategy"),
-    ("data", "attribute_source", "darn", "data directory"),
-    ("extractor", "images_per_instance", 1, "images_per_instance"),
-    ("extractor", "backbone", "vgg", "extractor.backbone"),
-    ("extractor", "pooling", "avg", "extractor.pooling"),
-    ("data", "image_size", 0, r"data.image_size must be >= 16"),
-    ("data", "num_instances", 5, "data.num_instances"),
-    ("data", "entanglement", -1.0, "data.entanglement"),
-    ("data", "label_missing_prob", 1.0, r"data.label_missing_prob must be in \[0, 1\)"),
-    ("data", "label_missing_prob", -0.1, "data.label_missing_prob"),
-    ("data", "twins_per_item", 4, "data.twins_per_item"),
-    ("data", "top_n_classes", 0, "data.top_n_classes"),
-    ("data", "top_n_classes", 11, "data.top_n_classes"),
-    ("data", "fam_eval_size", -1, "data.fam_eval_size"),
-    ("data", "max_image_pixels", 0, r"data.max_image_pixels must be >= 1"),
-    ("data", "decode_cache_mb", -1, r"data.decode_cache_mb must be >= 0"),
-    ("manipulator", "precision", "float16", "manipulator.precision"),
-    ("runtime", "min_steps_per_epoch", 0, r"runtime.min_steps_per_epoch must be >= 1"),
-    ("extractor", "feature_dim", 0, "extractor.feature_dim"),
-    ("extractor", "num_ce_classes", 0, "extractor.num_ce_classes"),
-    ("extractor", "margin", -0.1, "extractor.margin"),
-    ("extractor", "instances_per_batch", 1, "extractor.instances_per_batch"),
-    ("extractor", "epochs", -1, r"extractor.epochs must be >= 1. Received: -1"),
-    ("extractor", "steps_per_epoch", 0, "extractor.steps_per_epoch"),
-    ("extractor", "learning_rate", 0.0, r"extractor.learning_rate must be > 0"),
-    ("extractor", "learning_rate", float("nan"), "extractor.learning_rate"),
-    ("embedder", "embedding_dim", 0, "embedder.embedding_dim"),
-    ("embedder", "hidden_units", 0, "embedder.hidden_units"),
-    ("embedder", "margin", -1.0, "embedder.margin"),
-    ("embedder", "batch_size", 1, "embedder.batch_size"),
-    ("embedder", "epochs", 0, "embedder.epochs"),
-    ("embedder", "learning_rate", -1e-3, "embedder.learning_rate"),
-    ("manipulator", "g_hidden", 0, "manipulator.g_hidden"),
-    ("manipulator", "d_hidden", 0, "manipulator.d_hidden"),
-    ("manipulator", "adv_weight", -1.0, "manipulator.adv_weight"),
-    ("manipulator", "match_weight", -1.0, "manipulator.match_weight"),
-    ("manipulator", "cycle_weight", -1.0, "manipulator.cycle_weight"),
-    ("manipulator", "teacher_weight", -1.0, "manipulator.teacher_weight"),
-    ("manipulator", "retrieval_weight", float("inf"), "manipulator.retrieval_weight"),
-    ("manipulator", "distance_weight", -1.0, "manipulator.distance_weight"),
-    ("manipulator", "retrieval_temperature", 0.0, "manipulator.retrieval_temperature"),
-    ("manipulator", "memory_temperature", 0.0, "manipulator.memory_temperature"),
-    ("manipulator", "batch_size", 1, "manipulator.batch_size"),
-    ("manipulator", "epochs", 0, "manipulator.epochs"),
-    ("manipulator", "paper_epochs", 0, "manipulator.paper_epochs"),
-    ("manipulator", "g_learning_rate", 0.0, "manipulator.g_learning_rate"),
-    ("manipulator", "d_learning_rate", 0.0, "manipulator.d_learning_rate"),
-    ("baselines", "block_dim", 0, "baselines.block_dim"),
-    ("baselines", "batch_size", 0, "baselines.batch_size"),
-    ("baselines", "epochs", 0, "baselines.epochs"),
-    ("baselines", "learning_rate", 0.0, "baselines.learning_rate"),
-    ("baselines", "pixel_epochs", -1, "baselines.pixel_epochs"),
-    ("baselines", "pixel_steps_per_epoch", 0, "baselines.pixel_steps_per_epoch"),
-    ("baselines", "pixel_batch_size", 0, "baselines.pixel_batch_size"),
-    ("evaluation", "figure_queries", 0, "evaluation.figure_queries"),
-    ("runtime", "seed", -1, "runtime.seed"),
-])
+@pytest.mark.parametrize(
+    "section, name, value, message",
+    [
+        ("manipulator", "matching", "X", "matching"),
+        ("runtime", "strategy", "tpu", "strategy"),
+        ("data", "attribute_source", "darn", "data directory"),
+        ("extractor", "images_per_instance", 1, "images_per_instance"),
+        ("extractor", "backbone", "vgg", "extractor.backbone"),
+        ("extractor", "pooling", "avg", "extractor.pooling"),
+        ("data", "image_size", 0, r"data.image_size must be >= 16"),
+        ("data", "num_instances", 5, "data.num_instances"),
+        ("data", "entanglement", -1.0, "data.entanglement"),
+        ("data", "label_missing_prob", 1.0, r"data.label_missing_prob must be in \[0, 1\)"),
+        ("data", "label_missing_prob", -0.1, "data.label_missing_prob"),
+        ("data", "twins_per_item", 4, "data.twins_per_item"),
+        ("data", "top_n_classes", 0, "data.top_n_classes"),
+        ("data", "top_n_classes", 11, "data.top_n_classes"),
+        ("data", "fam_eval_size", -1, "data.fam_eval_size"),
+        ("data", "max_image_pixels", 0, r"data.max_image_pixels must be >= 1"),
+        ("data", "decode_cache_mb", -1, r"data.decode_cache_mb must be >= 0"),
+        ("manipulator", "precision", "float16", "manipulator.precision"),
+        ("runtime", "min_steps_per_epoch", 0, r"runtime.min_steps_per_epoch must be >= 1"),
+        ("extractor", "feature_dim", 0, "extractor.feature_dim"),
+        ("extractor", "num_ce_classes", 0, "extractor.num_ce_classes"),
+        ("extractor", "margin", -0.1, "extractor.margin"),
+        ("extractor", "instances_per_batch", 1, "extractor.instances_per_batch"),
+        ("extractor", "epochs", -1, r"extractor.epochs must be >= 1. Received: -1"),
+        ("extractor", "steps_per_epoch", 0, "extractor.steps_per_epoch"),
+        ("extractor", "learning_rate", 0.0, r"extractor.learning_rate must be > 0"),
+        ("extractor", "learning_rate", float("nan"), "extractor.learning_rate"),
+        ("embedder", "embedding_dim", 0, "embedder.embedding_dim"),
+        ("embedder", "hidden_units", 0, "embedder.hidden_units"),
+        ("embedder", "margin", -1.0, "embedder.margin"),
+        ("embedder", "batch_size", 1, "embedder.batch_size"),
+        ("embedder", "epochs", 0, "embedder.epochs"),
+        ("embedder", "learning_rate", -1e-3, "embedder.learning_rate"),
+        ("manipulator", "g_hidden", 0, "manipulator.g_hidden"),
+        ("manipulator", "d_hidden", 0, "manipulator.d_hidden"),
+        ("manipulator", "adv_weight", -1.0, "manipulator.adv_weight"),
+        ("manipulator", "match_weight", -1.0, "manipulator.match_weight"),
+        ("manipulator", "cycle_weight", -1.0, "manipulator.cycle_weight"),
+        ("manipulator", "teacher_weight", -1.0, "manipulator.teacher_weight"),
+        ("manipulator", "retrieval_weight", float("inf"), "manipulator.retrieval_weight"),
+        ("manipulator", "distance_weight", -1.0, "manipulator.distance_weight"),
+        ("manipulator", "retrieval_temperature", 0.0, "manipulator.retrieval_temperature"),
+        ("manipulator", "memory_temperature", 0.0, "manipulator.memory_temperature"),
+        ("manipulator", "batch_size", 1, "manipulator.batch_size"),
+        ("manipulator", "epochs", 0, "manipulator.epochs"),
+        ("manipulator", "paper_epochs", 0, "manipulator.paper_epochs"),
+        ("manipulator", "g_learning_rate", 0.0, "manipulator.g_learning_rate"),
+        ("manipulator", "d_learning_rate", 0.0, "manipulator.d_learning_rate"),
+        ("baselines", "block_dim", 0, "baselines.block_dim"),
+        ("baselines", "batch_size", 0, "baselines.batch_size"),
+        ("baselines", "epochs", 0, "baselines.epochs"),
+        ("baselines", "learning_rate", 0.0, "baselines.learning_rate"),
+        ("baselines", "pixel_epochs", -1, "baselines.pixel_epochs"),
+        ("baselines", "pixel_steps_per_epoch", 0, "baselines.pixel_steps_per_epoch"),
+        ("baselines", "pixel_batch_size", 0, "baselines.pixel_batch_size"),
+        ("evaluation", "figure_queries", 0, "evaluation.figure_queries"),
+        ("runtime", "seed", -1, "runtime.seed"),
+    ],
+)
 def test_bad_settings_are_refused_by_name(section, name, value, message):
     config = config_lib.get_preset("default")
     config_lib.apply_override(config, section, name, value)
@@ -106,14 +109,12 @@ def test_bad_settings_are_refused_by_name(section, name, value, message):
 def test_every_numeric_setting_is_range_checked():
     """Each int/float field has a check in validate(); 0 is accepted only where it means 'off'."""
     from flam_tf import vocabulary
-    from flam_tf.models import backbones
 
-    numeric = {f"{s}.{n}" for s, n, f in config_lib.overridable_fields()
-               if type(f.default) in (int, float)}
+    numeric = {
+        f"{s}.{n}" for s, n, f in config_lib.overridable_fields() if type(f.default) in (int, float)
+    }
     checked = [name for name, _, _ in config_lib._NUMERIC_CHECKS]
     assert sorted(checked) == sorted(numeric)
-    assert config_lib.BACKBONES == backbones.BACKBONES
-    assert config_lib.POOLING_MODES == backbones.POOLING_MODES
     assert all(len(c) == 10 for c in vocabulary.CLASSES.values())  # data.top_n_classes <= 10
 
 

@@ -10,10 +10,10 @@ import time
 
 import pytest
 from PIL import Image
+from test_real_layouts import write_inshop_release
 
 from flam_tf.data.manifest import ManifestError
 from flam_tf.data.readers import darn, read_darn
-from test_real_layouts import write_inshop_release
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,8 +53,11 @@ def write_darn_tree(root, num_train=30, num_test=0, images=True):
         test = [f"pic/test_{i:03d}.jpg" for i in range(num_test)]
         write(root, "filenames_test.txt", test)
         write(root, "query_test.txt", [f"{i} 0 {i % 2}" for i in range(num_test)])
-        write(root, "candidate_test.txt", [f"{i} {a} {i % 3}" for i in range(num_test)
-                                           for a in (2, 4)])
+        write(
+            root,
+            "candidate_test.txt",
+            [f"{i} {a} {i % 3}" for i in range(num_test) for a in (2, 4)],
+        )
         names += test
     if images:
         for name in names:
@@ -63,8 +66,13 @@ def write_darn_tree(root, num_train=30, num_test=0, images=True):
 
 
 def test_real_label_lines_with_bom_and_crlf(tmp_path):
-    write(tmp_path, "filenames_train.txt", ["pic/a.jpg", "pic/b.jpg", "pic/c.jpg"],
-          encoding="utf-8-sig", newline="\r\n")
+    write(
+        tmp_path,
+        "filenames_train.txt",
+        ["pic/a.jpg", "pic/b.jpg", "pic/c.jpg"],
+        encoding="utf-8-sig",
+        newline="\r\n",
+    )
     write(tmp_path, "label_train.txt", REAL_LABEL_LINES, encoding="utf-8-sig", newline="\r\n")
     rows, stats = read_darn(str(tmp_path), top_n=3, fam_eval_size=0, check_images=False)
     # Category ids 4, 2, 7; color ids 4, 15, 7; pattern ids 0, 1, 0 (attributes 0, 2, 4).
@@ -77,19 +85,26 @@ def test_real_label_lines_with_bom_and_crlf(tmp_path):
     assert by_path["pic/c.jpg"]["pattern"] == stats.class_maps["pattern"]["0"]
     assert {r["split"] for r in rows} == {"attribute_train"}
     assert {(r["instance_id"], r["domain"]) for r in rows} == {
-        ("pic/a.jpg", "street"), ("pic/b.jpg", "street"), ("pic/c.jpg", "street")}
+        ("pic/a.jpg", "street"),
+        ("pic/b.jpg", "street"),
+        ("pic/c.jpg", "street"),
+    }
 
 
 def test_layout_constants_follow_asenpp_config():
     assert len(darn.ATTRIBUTES) == len(darn.VALUE_COUNTS) == 9
     assert [darn.ATTRIBUTES[i] for i in sorted(darn.ATTRIBUTE_TYPES)] == [
-        "clothes category", "clothes color", "clothes pattern"]
+        "clothes category",
+        "clothes color",
+        "clothes pattern",
+    ]
 
 
 def test_splits_top_n_fam_sampling_and_class_table(tmp_path):
     write_darn_tree(str(tmp_path), num_train=30, num_test=6)
-    rows, stats = read_darn(str(tmp_path), top_n=3, fam_eval_size=5, seed=7,
-                            class_table={"color": {"0": "red"}})
+    rows, stats = read_darn(
+        str(tmp_path), top_n=3, fam_eval_size=5, seed=7, class_table={"color": {"0": "red"}}
+    )
     assert len(rows) == 36 and stats.rows_by_split["unlabelled"] == 1
     assert stats.class_maps["color"]["0"] == "red"
     by_path = {r["path"]: r for r in rows}
@@ -98,8 +113,9 @@ def test_splits_top_n_fam_sampling_and_class_table(tmp_path):
     assert test_row["shape"] == stats.class_maps["shape"]["0"]
     assert test_row["pattern"] == stats.class_maps["pattern"]["1"]
     fam = {p for p, r in by_path.items() if r["split"] == "fam_eval"}
-    assert len(fam) == 5 and all(all(by_path[p][a] for a in ("shape", "color", "pattern"))
-                                 for p in fam)
+    assert len(fam) == 5 and all(
+        all(by_path[p][a] for a in ("shape", "color", "pattern")) for p in fam
+    )
     again, _ = read_darn(str(tmp_path), top_n=3, fam_eval_size=5, seed=7)
     assert {r["path"] for r in again if r["split"] == "fam_eval"} == fam
     rows, stats = read_darn(str(tmp_path), top_n=2, fam_eval_size=0)
@@ -114,18 +130,24 @@ def test_missing_images_are_skipped_and_counted(tmp_path):
     assert stats.first_skipped["image file not found"].endswith("filenames_train.txt: line 2")
 
 
-@pytest.mark.parametrize("line, message", [
-    ("0 0 4 2", r"line 2: expected <index> <attribute> <value> \.\.\. \(an odd count"),
-    ("0", r"line 2: expected <index> <attribute> <value> \.\.\. \(an odd count"),
-    ("0 0 x", r"line 2: expected integers"),
-    ("5 0 1", r"line 2: image index 5 is not a line of .*filenames_train.txt \(2 images\)"),
-    ("-1 0 1", r"line 2: image index -1 is not a line"),
-    ("0 9 1", r"line 2: attribute 9 out of range 0\.\.8"),
-    ("0 2 55", r"line 2: value 55 of attribute 2 \(clothes color\) out of range 0\.\.54"),
-    ("0 0 1 0 1", r"line 2: an attribute appears twice"),
-    ("1 0 3", r"line 2: 'pic/a.jpg' gets value 3 of attribute 0 \(clothes category\), but 4 "
-              r"at .*label_train.txt: line 1"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("0 0 4 2", r"line 2: expected <index> <attribute> <value> \.\.\. \(an odd count"),
+        ("0", r"line 2: expected <index> <attribute> <value> \.\.\. \(an odd count"),
+        ("0 0 x", r"line 2: expected integers"),
+        ("5 0 1", r"line 2: image index 5 is not a line of .*filenames_train.txt \(2 images\)"),
+        ("-1 0 1", r"line 2: image index -1 is not a line"),
+        ("0 9 1", r"line 2: attribute 9 out of range 0\.\.8"),
+        ("0 2 55", r"line 2: value 55 of attribute 2 \(clothes color\) out of range 0\.\.54"),
+        ("0 0 1 0 1", r"line 2: an attribute appears twice"),
+        (
+            "1 0 3",
+            r"line 2: 'pic/a.jpg' gets value 3 of attribute 0 \(clothes category\), but 4 "
+            r"at .*label_train.txt: line 1",
+        ),
+    ],
+)
 def test_bad_label_lines(tmp_path, line, message):
     write(tmp_path, "filenames_train.txt", ["pic/a.jpg", "pic/a.jpg"])  # one image listed twice
     write(tmp_path, "label_train.txt", ["0 0 4", line])
@@ -134,12 +156,19 @@ def test_bad_label_lines(tmp_path, line, message):
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("name, line, message", [
-    ("query_test.txt", "0 0", r"query_test.txt: line 1: expected 3 integers"),
-    ("candidate_test.txt", "0 2 1 4 1", r"candidate_test.txt: line 1: expected 3 integers"),
-    ("candidate_test.txt", "1 2 1", r"candidate_test.txt: line 1: image index 1 is not a line of"
-                                    r" .*filenames_test.txt"),
-])
+@pytest.mark.parametrize(
+    "name, line, message",
+    [
+        ("query_test.txt", "0 0", r"query_test.txt: line 1: expected 3 integers"),
+        ("candidate_test.txt", "0 2 1 4 1", r"candidate_test.txt: line 1: expected 3 integers"),
+        (
+            "candidate_test.txt",
+            "1 2 1",
+            r"candidate_test.txt: line 1: image index 1 is not a line of"
+            r" .*filenames_test.txt",
+        ),
+    ],
+)
 def test_bad_query_and_candidate_lines(tmp_path, name, line, message):
     write(tmp_path, "filenames_train.txt", ["pic/a.jpg"])
     write(tmp_path, "label_train.txt", ["0 0 4"])
@@ -181,14 +210,27 @@ def test_main_job_end_to_end_with_darn(tmp_path):
     run_dir = tmp_path / "run"
     start = time.time()
     result = subprocess.run(
-        [sys.executable, "-m", "flam_tf.train", "--preset=smoke", f"--run_dir={run_dir}",
-         "--data_extractor_source=deepfashion_inshop",
-         f"--data_extractor_data_dir={tmp_path / 'inshop'}",
-         "--data_attribute_source=darn", f"--data_attribute_data_dir={tmp_path / 'darn'}",
-         "--data_fam_eval_size=12", "--extractor_instances_per_batch=4",
-         "--extractor_images_per_instance=2", "--extractor_steps_per_epoch=2"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        [
+            sys.executable,
+            "-m",
+            "flam_tf.train",
+            "--preset=smoke",
+            f"--run_dir={run_dir}",
+            "--data_extractor_source=deepfashion_inshop",
+            f"--data_extractor_data_dir={tmp_path / 'inshop'}",
+            "--data_attribute_source=darn",
+            f"--data_attribute_data_dir={tmp_path / 'darn'}",
+            "--data_fam_eval_size=12",
+            "--extractor_instances_per_batch=4",
+            "--extractor_images_per_instance=2",
+            "--extractor_steps_per_epoch=2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     elapsed = time.time() - start
     assert result.returncode == 0, result.stderr[-4000:]
     stages = json.loads((run_dir / "stages.json").read_text())

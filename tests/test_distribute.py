@@ -27,7 +27,6 @@ Making the 2-replica step equal to the global step needs in-batch mining to give
     that partner's copy: the same feature either way.
 """
 
-
 import keras
 import numpy as np
 import pytest
@@ -73,8 +72,11 @@ def _assert_same_step(build, compile_fn, fit_args, mirrored, weight_rounding=Fal
     changed = 0
     for w0, a, b in zip(start, reference.get_weights(), replicated.get_weights()):
         scale = float(np.max(np.abs(a - w0)))
-        rounding = 4 * float(np.finfo(np.float32).eps) * float(np.max(np.abs(w0))) \
-            if weight_rounding else 1e-12
+        rounding = (
+            4 * float(np.finfo(np.float32).eps) * float(np.max(np.abs(w0)))
+            if weight_rounding
+            else 1e-12
+        )
         np.testing.assert_allclose(b - w0, a - w0, rtol=RTOL, atol=RTOL * scale + rounding)
         changed += int(not np.array_equal(a, w0))
     assert changed > 0  # the step did something
@@ -112,26 +114,53 @@ def test_extractor_attribute_term_matches_on_two_replicas(mirrored):
     the known labels of the global batch (uneven between the two halves here)."""
     rng = np.random.default_rng(1)
     images = rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
-    targets = {"instance": np.arange(8, dtype="int32"),
-               "ce_class": np.array([0, 1, 2, -1, 0, -1, -1, -1], "int32")}
+    targets = {
+        "instance": np.arange(8, dtype="int32"),
+        "ce_class": np.array([0, 1, 2, -1, 0, -1, -1, -1], "int32"),
+    }
     attribute_images = rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
-    labels = np.array([[0, 1, -1], [1, -1, -1], [0, 0, -1], [1, 1, -1],
-                       [-1, 0, 1], [-1, -1, -1], [0, -1, -1], [-1, -1, -1]], "int32")
-    ds = tf.data.Dataset.zip((tf.data.Dataset.from_tensors((images, targets)),
-                              tf.data.Dataset.from_tensors((attribute_images, labels))))
+    labels = np.array(
+        [
+            [0, 1, -1],
+            [1, -1, -1],
+            [0, 0, -1],
+            [1, 1, -1],
+            [-1, 0, 1],
+            [-1, -1, -1],
+            [0, -1, -1],
+            [-1, -1, -1],
+        ],
+        "int32",
+    )
+    ds = tf.data.Dataset.zip(
+        (
+            tf.data.Dataset.from_tensors((images, targets)),
+            tf.data.Dataset.from_tensors((attribute_images, labels)),
+        )
+    )
 
     def build():
         keras.utils.set_random_seed(0)
-        return FeatureExtractor(feature_dim=8, image_size=16, num_ce_classes=3,
-                                triplet_weight=0.0, attribute_weight=1.0,
-                                attribute_classes=(2, 2, 2))
+        return FeatureExtractor(
+            feature_dim=8,
+            image_size=16,
+            num_ce_classes=3,
+            triplet_weight=0.0,
+            attribute_weight=1.0,
+            attribute_classes=(2, 2, 2),
+        )
 
     reference, _, start = _assert_same_step(
-        build, lambda m: m.compile(optimizer=keras.optimizers.SGD(0.1)), ds, mirrored,
-        weight_rounding=True)
+        build,
+        lambda m: m.compile(optimizer=keras.optimizers.SGD(0.1)),
+        ds,
+        mirrored,
+        weight_rounding=True,
+    )
     head = reference.attribute_heads[0].kernel
-    assert not np.array_equal(np.array(head), start[
-        [w.path for w in reference.weights].index(head.path)])
+    assert not np.array_equal(
+        np.array(head), start[[w.path for w in reference.weights].index(head.path)]
+    )
 
 
 def test_embedder_step_matches_on_two_replicas(mirrored):
@@ -161,11 +190,18 @@ def test_manipulator_step_matches_on_two_replicas(mirrored, generator):
     def build():
         keras.utils.set_random_seed(2)
         embedder = AttributeEmbedder(D, embedding_dim=K, hidden_units=8)
-        model = FeatureManipulator(embedder, D, embedding_dim=K, g_hidden=(8,), d_hidden=(8,),
-                                   generator=generator, target_sampling="partner",
-                                   adversarial=generator == "mlp",
-                                   retrieval_weight=1.0 if generator == "memory" else 0.0,
-                                   retrieval_temperature=0.5)
+        model = FeatureManipulator(
+            embedder,
+            D,
+            embedding_dim=K,
+            g_hidden=(8,),
+            d_hidden=(8,),
+            generator=generator,
+            target_sampling="partner",
+            adversarial=generator == "mlp",
+            retrieval_weight=1.0 if generator == "memory" else 0.0,
+            retrieval_temperature=0.5,
+        )
         if generator == "memory":
             labels = model.pseudo_labels(features)
             model.initialize_memory(features, labels)
@@ -175,7 +211,9 @@ def test_manipulator_step_matches_on_two_replicas(mirrored, generator):
     def compile_fn(model):
         model.compile(g_optimizer=keras.optimizers.SGD(0.5), d_optimizer=keras.optimizers.SGD(0.5))
 
-    reference, replicated, _ = _assert_same_step(build, compile_fn, (features, target, 16), mirrored)
+    reference, replicated, _ = _assert_same_step(
+        build, compile_fn, (features, target, 16), mirrored
+    )
     # The D optimizer was built in the scope, on D's variables only (else 2 replicas fail).
     assert replicated.d_optimizer.iterations.numpy() == 1
 
@@ -185,11 +223,20 @@ def test_manipulator_random_draws_on_two_replicas_smoke(mirrored):
     features = _duplicated_features(8, seed=3)
     with mirrored.scope():
         embedder = AttributeEmbedder(D, embedding_dim=K, hidden_units=8)
-        model = FeatureManipulator(embedder, D, embedding_dim=K, g_hidden=(8,), d_hidden=(8,),
-                                   target_sampling="partner", online_sampling=False,
-                                   adversarial=True, retrieval_weight=0.0)
-        model.compile(g_optimizer=keras.optimizers.Adam(1e-3),
-                      d_optimizer=keras.optimizers.Adam(1e-3))
+        model = FeatureManipulator(
+            embedder,
+            D,
+            embedding_dim=K,
+            g_hidden=(8,),
+            d_hidden=(8,),
+            target_sampling="partner",
+            online_sampling=False,
+            adversarial=True,
+            retrieval_weight=0.0,
+        )
+        model.compile(
+            g_optimizer=keras.optimizers.Adam(1e-3), d_optimizer=keras.optimizers.Adam(1e-3)
+        )
     history = model.fit(features, batch_size=16, epochs=2, verbose=0).history
     assert all(np.isfinite(v).all() for v in history.values())
 
@@ -228,5 +275,3 @@ def test_scaled_loss_and_masked_mean(mirrored):
 def test_check_finite_names_the_loss():
     with pytest.raises(tf.errors.InvalidArgumentError, match="my_loss is NaN"):
         distribute.check_finite(tf.constant(np.nan), "my_loss")
-
-

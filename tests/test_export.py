@@ -11,14 +11,21 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from serving_fixtures import (
+    FEATURE_DIM,
+    cosine_top_k,
+    gallery_npz,
+    keras_extract,
+    load_png,
+    make_run_dir,
+    random_image,
+)
 from tensorflow.core.protobuf import saved_model_pb2
 
 from flam_tf import vocabulary
-from flam_tf.serving import dev_server, export, models_config
+from flam_tf.serving import dev_server, export, models_config, servables, warmup
 from flam_tf.serving import signatures as sig
-from serving_fixtures import (FEATURE_DIM, cosine_top_k, exported,  # noqa: F401
-                              gallery_npz, keras_extract, keras_models, load_png, make_run_dir,
-                              random_image, run_dir)
+from flam_tf.serving import versions as versions_lib
 
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -28,7 +35,7 @@ def test_export_writes_serving_layout_and_config(exported):
     root = os.path.dirname(exported["models.config"])
     for model in sig.MODEL_NAMES:
         assert exported[model] == os.path.join(root, model, "1")
-        assert export.existing_versions(os.path.join(root, model)) == [1]
+        assert versions_lib.existing_versions(os.path.join(root, model)) == [1]
         assert os.listdir(os.path.join(root, model)) == ["1"]  # no temp folder left behind
         for name in ("saved_model.pb", "variables", sig.WARMUP_FILE):
             assert os.path.exists(os.path.join(exported[model], name)), name
@@ -40,11 +47,13 @@ def test_export_writes_serving_layout_and_config(exported):
 
 
 def test_warmup_files_are_prediction_logs_covering_every_signature(exported):
-    expected = {sig.EXTRACTOR: {sig.SERVING_DEFAULT, sig.FROM_PIXELS},
-                sig.MANIPULATOR: {sig.SERVING_DEFAULT, sig.DESCRIBE},
-                sig.SEARCHER: {sig.SERVING_DEFAULT}}
+    expected = {
+        sig.EXTRACTOR: {sig.SERVING_DEFAULT, sig.FROM_PIXELS},
+        sig.MANIPULATOR: {sig.SERVING_DEFAULT, sig.DESCRIBE},
+        sig.SEARCHER: {sig.SERVING_DEFAULT},
+    }
     for model, signatures in expected.items():
-        requests = export.read_warmup(os.path.join(exported[model], sig.WARMUP_FILE))
+        requests = warmup.read_warmup(os.path.join(exported[model], sig.WARMUP_FILE))
         assert {r.model_spec.name for r in requests} == {model}
         assert {r.model_spec.signature_name for r in requests} == signatures
 
@@ -55,8 +64,9 @@ def test_versions_are_atomic_and_increase(run_dir, keras_models, tmp_path):
     out = str(tmp_path / "export")
     first = export.export_run(run_dir, out, top_k=3)
     manifest = os.path.join(run_dir, "data", "manifest.csv")
-    second = export.export_run(run_dir, out, top_k=3, gallery_manifest=manifest,
-                               base_path_prefix="/models/")
+    second = export.export_run(
+        run_dir, out, top_k=3, gallery_manifest=manifest, base_path_prefix="/models/"
+    )
     assert (first["version"], second["version"]) == ("1", "2")
     for model in sig.MODEL_NAMES:
         assert sorted(os.listdir(os.path.join(out, model))) == ["1", "2"]
@@ -71,12 +81,16 @@ def test_versions_are_atomic_and_increase(run_dir, keras_models, tmp_path):
         assert sorted(os.listdir(os.path.join(out, model))) == ["1", "2"]
 
     # The dev server serves the latest version, or those a `specific` version policy names.
-    config = models_config.build_config({m: os.path.join(out, m) for m in sig.MODEL_NAMES},
-                                        versions={sig.SEARCHER: [1, 2]})
+    config = models_config.build_config(
+        {m: os.path.join(out, m) for m in sig.MODEL_NAMES}, versions={sig.SEARCHER: [1, 2]}
+    )
     config_path = models_config.write_config(str(tmp_path / "models.config"), config)
-    registry = dev_server.ModelRegistry(config_path)
-    assert registry.loaded_versions() == {sig.EXTRACTOR: [2], sig.MANIPULATOR: [2],
-                                          sig.SEARCHER: [1, 2]}
+    registry = servables.ModelRegistry(config_path)
+    assert registry.loaded_versions() == {
+        sig.EXTRACTOR: [2],
+        sig.MANIPULATOR: [2],
+        sig.SEARCHER: [1, 2],
+    }
 
     # The manifest gallery: its images, extracted as the served extractor does, ids = paths.
     searcher = tf.saved_model.load(second[sig.SEARCHER]).signatures[sig.SERVING_DEFAULT]
@@ -91,8 +105,16 @@ def test_versions_are_atomic_and_increase(run_dir, keras_models, tmp_path):
 def _saved_model_cli(*runs):
     """Runs `saved_model_cli` once per argument list, concurrently (each run pays TensorFlow's
     import); returns [(returncode, stdout, stderr)]."""
-    procs = [subprocess.Popen([SAVED_MODEL_CLI, *args], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, env=ENV, text=True) for args in runs]
+    procs = [
+        subprocess.Popen(
+            [SAVED_MODEL_CLI, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=ENV,
+            text=True,
+        )
+        for args in runs
+    ]
     outputs = [p.communicate(timeout=180) for p in procs]
     return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs)]
 
@@ -100,7 +122,8 @@ def _saved_model_cli(*runs):
 def test_saved_model_cli_show_lists_named_inputs_and_outputs(exported):
     (rc1, shown, err1), (rc2, shown_extractor, err2) = _saved_model_cli(
         ["show", "--dir", exported[sig.MANIPULATOR], "--all"],
-        ["show", "--dir", exported[sig.EXTRACTOR], "--all"])
+        ["show", "--dir", exported[sig.EXTRACTOR], "--all"],
+    )
     assert rc1 == 0 and rc2 == 0, err1[-2000:] + err2[-2000:]
     for name in (sig.SERVING_DEFAULT, sig.DESCRIBE):
         assert f"signature_def['{name}']" in shown
@@ -125,21 +148,50 @@ def test_saved_model_cli_run_matches_keras(exported, keras_models, run_dir, tmp_
     np.save(tmp_path / "images.npy", pixels)
     np.save(tmp_path / "feature.npy", features)
     runs = {
-        sig.EXTRACTOR: ["--signature_def", sig.FROM_PIXELS,
-                        "--inputs", f"{sig.IMAGES}={tmp_path / 'images.npy'}"],
-        sig.MANIPULATOR: ["--signature_def", sig.SERVING_DEFAULT,
-                          "--inputs", f"{sig.FEATURE}={tmp_path / 'feature.npy'}",
-                          "--input_exprs", f"{sig.ATTRIBUTE}={['color'] * 3};{sig.VALUE}={['red'] * 3}"],
-        sig.SEARCHER: ["--signature_def", sig.SERVING_DEFAULT,
-                       "--inputs", f"{sig.FEATURE}={tmp_path / 'feature.npy'}"],
+        sig.EXTRACTOR: [
+            "--signature_def",
+            sig.FROM_PIXELS,
+            "--inputs",
+            f"{sig.IMAGES}={tmp_path / 'images.npy'}",
+        ],
+        sig.MANIPULATOR: [
+            "--signature_def",
+            sig.SERVING_DEFAULT,
+            "--inputs",
+            f"{sig.FEATURE}={tmp_path / 'feature.npy'}",
+            "--input_exprs",
+            f"{sig.ATTRIBUTE}={['color'] * 3};{sig.VALUE}={['red'] * 3}",
+        ],
+        sig.SEARCHER: [
+            "--signature_def",
+            sig.SERVING_DEFAULT,
+            "--inputs",
+            f"{sig.FEATURE}={tmp_path / 'feature.npy'}",
+        ],
     }
     runs[sig.MANIPULATOR + "_bad"] = [  # an unknown value: INVALID_ARGUMENT naming it
-        "--signature_def", sig.SERVING_DEFAULT,
-        "--inputs", f"{sig.FEATURE}={tmp_path / 'feature.npy'}",
-        "--input_exprs", f"{sig.ATTRIBUTE}=['color'];{sig.VALUE}=['purple']"]
-    results = _saved_model_cli(*[
-        ["run", "--dir", exported[model.replace("_bad", "")], "--tag_set", "serve",
-         "--outdir", str(tmp_path / model), *args] for model, args in runs.items()])
+        "--signature_def",
+        sig.SERVING_DEFAULT,
+        "--inputs",
+        f"{sig.FEATURE}={tmp_path / 'feature.npy'}",
+        "--input_exprs",
+        f"{sig.ATTRIBUTE}=['color'];{sig.VALUE}=['purple']",
+    ]
+    results = _saved_model_cli(
+        *[
+            [
+                "run",
+                "--dir",
+                exported[model.replace("_bad", "")],
+                "--tag_set",
+                "serve",
+                "--outdir",
+                str(tmp_path / model),
+                *args,
+            ]
+            for model, args in runs.items()
+        ]
+    )
     for model, (returncode, _, stderr) in zip(runs, results):
         if model.endswith("_bad"):
             assert returncode != 0 and "InvalidArgumentError" in stderr
@@ -148,13 +200,17 @@ def test_saved_model_cli_run_matches_keras(exported, keras_models, run_dir, tmp_
         else:
             assert returncode == 0, f"{model}: {stderr[-2000:]}"
     load = lambda model, name: np.load(  # noqa: E731 (ids: an object array of bytes)
-        tmp_path / model / f"{name}.npy", allow_pickle=True)
+        tmp_path / model / f"{name}.npy", allow_pickle=True
+    )
 
-    np.testing.assert_allclose(load(sig.EXTRACTOR, sig.FEATURE),
-                               keras_extract(extractor, pixels), atol=1e-5)
+    np.testing.assert_allclose(
+        load(sig.EXTRACTOR, sig.FEATURE), keras_extract(extractor, pixels), atol=1e-5
+    )
     expected = manipulator.manipulate_indices(
-        features, np.full(3, vocabulary.attribute_index("color"), np.int32),
-        np.full(3, vocabulary.class_index("color", "red"), np.int32))
+        features,
+        np.full(3, vocabulary.attribute_index("color"), np.int32),
+        np.full(3, vocabulary.class_index("color", "red"), np.int32),
+    )
     np.testing.assert_allclose(load(sig.MANIPULATOR, sig.FEATURE), expected, atol=1e-5)
     gallery, ids = gallery_npz(run_dir)
     expected_ids, expected_scores = cosine_top_k(features, gallery, ids, 10)
@@ -165,11 +221,22 @@ def test_saved_model_cli_run_matches_keras(exported, keras_models, run_dir, tmp_
 def test_export_cli_smoke(run_dir, tmp_path):
     """Smoke test of `python -m export` (flags reach export_run) and its one-line errors."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, "-m", "export", "--run_dir", run_dir, "--output", str(tmp_path),
-           "--version", "7", "--top_k", "5"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "export",
+        "--run_dir",
+        run_dir,
+        "--output",
+        str(tmp_path),
+        "--version",
+        "7",
+        "--top_k",
+        "5",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=root, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert export.existing_versions(str(tmp_path / sig.SEARCHER)) == [7]
+    assert versions_lib.existing_versions(str(tmp_path / sig.SEARCHER)) == [7]
     result = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=root, timeout=180)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: Version folder exists")
@@ -216,15 +283,22 @@ def _served_widths(export_dir):
     config = models_config.read_config(os.path.join(export_dir, "models.config"))
     out = {}
     for entry in config.model_config_list.config:
-        versions = dev_server._select_versions(entry, export.existing_versions(entry.base_path))
+        versions = servables._select_versions(
+            entry, versions_lib.existing_versions(entry.base_path)
+        )
         widths = []
         for v in versions:
             saved_model = saved_model_pb2.SavedModel()
             with open(os.path.join(entry.base_path, str(v), "saved_model.pb"), "rb") as f:
                 saved_model.ParseFromString(f.read())
             signature = saved_model.meta_graphs[0].signature_def[sig.SERVING_DEFAULT]
-            widths.append(_width(signature.inputs[sig.FEATURE] if entry.name != sig.EXTRACTOR
-                                 else signature.outputs[sig.FEATURE]))
+            widths.append(
+                _width(
+                    signature.inputs[sig.FEATURE]
+                    if entry.name != sig.EXTRACTOR
+                    else signature.outputs[sig.FEATURE]
+                )
+            )
         out[entry.name] = (versions, widths)
     return out
 
@@ -236,26 +310,33 @@ def assert_serves_one_export(export_dir, version, width, load=True):
     assert _served_widths(export_dir) == {m: ([version], [width]) for m in sig.MODEL_NAMES}
     if not load:
         return
-    registry = dev_server.ModelRegistry(os.path.join(export_dir, "models.config"))
+    registry = servables.ModelRegistry(os.path.join(export_dir, "models.config"))
     assert registry.loaded_versions() == {m: [version] for m in sig.MODEL_NAMES}
     served = {m: registry.servables[m][version] for m in sig.MODEL_NAMES}
     defs = {m: s.signature_defs[sig.SERVING_DEFAULT] for m, s in served.items()}
-    assert (_width(defs[sig.EXTRACTOR].outputs[sig.FEATURE]),
-            _width(defs[sig.MANIPULATOR].inputs[sig.FEATURE]),
-            _width(defs[sig.SEARCHER].inputs[sig.FEATURE])) == (width, width, width)
+    assert (
+        _width(defs[sig.EXTRACTOR].outputs[sig.FEATURE]),
+        _width(defs[sig.MANIPULATOR].inputs[sig.FEATURE]),
+        _width(defs[sig.SEARCHER].inputs[sig.FEATURE]),
+    ) == (width, width, width)
     pixels = tf.constant(np.full((1, 9, 9, 3), 100, np.uint8))
     feature = served[sig.EXTRACTOR].signatures[sig.FROM_PIXELS](images=pixels)[sig.FEATURE]
     feature = served[sig.MANIPULATOR].signatures[sig.SERVING_DEFAULT](
-        feature=feature, attribute=tf.constant(["color"]), value=tf.constant(["red"]))[sig.FEATURE]
+        feature=feature, attribute=tf.constant(["color"]), value=tf.constant(["red"])
+    )[sig.FEATURE]
     ids = served[sig.SEARCHER].signatures[sig.SERVING_DEFAULT](feature=feature)[sig.IDS]
     assert ids.shape == (1, 3)
 
 
 def leftovers(export_dir):
     """Temporaries in export_dir: `<model>/.tmp-*` folders and `models.config.tmp-*` files."""
-    found = [os.path.join(m, n) for m in sig.MODEL_NAMES
-             if os.path.isdir(os.path.join(export_dir, m))
-             for n in os.listdir(os.path.join(export_dir, m)) if n.startswith(".tmp-")]
+    found = [
+        os.path.join(m, n)
+        for m in sig.MODEL_NAMES
+        if os.path.isdir(os.path.join(export_dir, m))
+        for n in os.listdir(os.path.join(export_dir, m))
+        if n.startswith(".tmp-")
+    ]
     return found + [n for n in os.listdir(export_dir) if n.startswith("models.config.tmp-")]
 
 
@@ -265,11 +346,20 @@ def folders(export_dir):
 
 def test_export_steps_are_the_documented_sequence():
     assert export.EXPORT_STEPS == (
-        "locked", "cleaned",
-        "extractor_saved", "extractor_staged", "extractor_renamed",
-        "manipulator_saved", "manipulator_staged", "manipulator_renamed",
-        "searcher_saved", "searcher_staged", "searcher_renamed",
-        "config_staged", "committed")
+        "locked",
+        "cleaned",
+        "extractor_saved",
+        "extractor_staged",
+        "extractor_renamed",
+        "manipulator_saved",
+        "manipulator_staged",
+        "manipulator_renamed",
+        "searcher_saved",
+        "searcher_staged",
+        "searcher_renamed",
+        "config_staged",
+        "committed",
+    )
 
 
 def test_stop_after_any_step_leaves_one_export_served(version_1, run_dir_b, tmp_path):
@@ -288,15 +378,20 @@ def test_stop_after_any_step_leaves_one_export_served(version_1, run_dir_b, tmp_
     assert [name for name, _ in snapshots] == list(export.EXPORT_STEPS)
     for name, snapshot in snapshots:
         committed = 2 if name == "committed" else 1
-        assert_serves_one_export(snapshot, committed, WIDTH_B if committed == 2 else FEATURE_DIM,
-                                 load=name in ("extractor_renamed", "config_staged", "committed"))
-        assert export.committed_version(snapshot) == committed, name
-        assert export.next_version(snapshot) == committed + 1, name
-        with export.export_lock(snapshot):
-            export.remove_uncommitted(snapshot, export.committed_version(snapshot))
+        assert_serves_one_export(
+            snapshot,
+            committed,
+            WIDTH_B if committed == 2 else FEATURE_DIM,
+            load=name in ("extractor_renamed", "config_staged", "committed"),
+        )
+        assert versions_lib.committed_version(snapshot) == committed, name
+        assert versions_lib.next_version(snapshot) == committed + 1, name
+        with versions_lib.export_lock(snapshot):
+            versions_lib.remove_uncommitted(snapshot, versions_lib.committed_version(snapshot))
         assert not leftovers(snapshot), name
-        assert folders(snapshot) == {m: [str(v) for v in range(1, committed + 1)]
-                                     for m in sig.MODEL_NAMES}, name
+        assert folders(snapshot) == {
+            m: [str(v) for v in range(1, committed + 1)] for m in sig.MODEL_NAMES
+        }, name
     assert not leftovers(out)
 
 
@@ -327,12 +422,16 @@ def test_kill_hook_stops_like_a_kill(version_1, run_dir_b, tmp_path):
     assert folders(out)[sig.EXTRACTOR] == ["1", "2"]
     assert [os.path.dirname(p) for p in leftovers(out)] == [sig.MANIPULATOR]
     assert_serves_one_export(out, 1, FEATURE_DIM, load=False)
-    assert export.next_version(out) == 2
+    assert versions_lib.next_version(out) == 2
 
 
-@pytest.mark.parametrize("step", [
-    s if s in CI_KILL_STEPS else pytest.param(s, marks=pytest.mark.slow)
-    for s in export.EXPORT_STEPS])
+@pytest.mark.parametrize(
+    "step",
+    [
+        s if s in CI_KILL_STEPS else pytest.param(s, marks=pytest.mark.slow)
+        for s in export.EXPORT_STEPS
+    ],
+)
 def test_sigkilled_export_then_next_export(step, version_1, run_dir_b, tmp_path):
     """A real `python -m export` SIGKILLed after `step` (FLAM_EXPORT_KILL_AT) on top of a complete
     version 1: one export is served; the next export gets the next version (no skip) and leaves
@@ -340,8 +439,12 @@ def test_sigkilled_export_then_next_export(step, version_1, run_dir_b, tmp_path)
     out = _copy(version_1, tmp_path / "E")
     result = subprocess.run(
         [sys.executable, "-m", "export", "--run_dir", run_dir_b, "--output", out, "--top_k", "3"],
-        env={**ENV, export.KILL_AT_ENV: step}, cwd=ROOT, capture_output=True, text=True,
-        timeout=300)
+        env={**ENV, export.KILL_AT_ENV: step},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     committed = 2 if step == "committed" else 1
     assert_serves_one_export(out, committed, WIDTH_B if committed == 2 else FEATURE_DIM)
@@ -356,39 +459,50 @@ def test_versions_follow_the_committed_one(tmp_path):
     """Without a real export: committed = what models.config pins; a models.config without pins
     (older exports) or none at all commits the highest version all three models have."""
     out = str(tmp_path)
-    for model, versions in ((sig.EXTRACTOR, [1, 2, 3]), (sig.MANIPULATOR, [1, 2]),
-                            (sig.SEARCHER, [1, 2])):
+    for model, versions in (
+        (sig.EXTRACTOR, [1, 2, 3]),
+        (sig.MANIPULATOR, [1, 2]),
+        (sig.SEARCHER, [1, 2]),
+    ):
         for v in versions:
             os.makedirs(os.path.join(out, model, str(v)))
-    assert export.committed_version(out) == 2 and export.next_version(out) == 3
+    assert versions_lib.committed_version(out) == 2 and versions_lib.next_version(out) == 3
     base = {m: os.path.join(out, m) for m in sig.MODEL_NAMES}
     config_path = os.path.join(out, "models.config")
     models_config.write_config(config_path, models_config.build_config(base))
-    assert export.committed_version(out) == 2
-    models_config.write_config(config_path, models_config.build_config(
-        base, {m: [1] for m in sig.MODEL_NAMES}))
-    assert export.committed_version(out) == 1
+    assert versions_lib.committed_version(out) == 2
+    models_config.write_config(
+        config_path, models_config.build_config(base, {m: [1] for m in sig.MODEL_NAMES})
+    )
+    assert versions_lib.committed_version(out) == 1
     os.makedirs(os.path.join(out, sig.SEARCHER, ".tmp-2-99999"))
     open(os.path.join(out, "models.config.tmp-99999"), "w").close()
-    with export.export_lock(out):
-        removed = export.remove_uncommitted(out, export.committed_version(out))
-    assert sorted(os.path.relpath(p, out) for p in removed) == sorted([
-        "extractor/2", "extractor/3", "manipulator/2", "searcher/2", "searcher/.tmp-2-99999",
-        "models.config.tmp-99999"])
+    with versions_lib.export_lock(out):
+        removed = versions_lib.remove_uncommitted(out, versions_lib.committed_version(out))
+    assert sorted(os.path.relpath(p, out) for p in removed) == sorted(
+        [
+            "extractor/2",
+            "extractor/3",
+            "manipulator/2",
+            "searcher/2",
+            "searcher/.tmp-2-99999",
+            "models.config.tmp-99999",
+        ]
+    )
     assert folders(out) == {m: ["1"] for m in sig.MODEL_NAMES}
     with open(config_path, "w") as f:
         f.write("not a config {")
     with pytest.raises(ValueError, match="not a valid ModelServerConfig"):
-        export.committed_version(out)
+        versions_lib.committed_version(out)
 
 
 def test_two_exports_never_run_at_once(tmp_path):
     out = str(tmp_path / "E")
-    with export.export_lock(out):
-        with pytest.raises(export.ExportBusyError, match=f"pid {os.getpid()}"):
-            with export.export_lock(out):
+    with versions_lib.export_lock(out):
+        with pytest.raises(versions_lib.ExportBusyError, match=f"pid {os.getpid()}"):
+            with versions_lib.export_lock(out):
                 pass
-    with export.export_lock(out):  # released when the holder ends
+    with versions_lib.export_lock(out):  # released when the holder ends
         pass
 
 
@@ -400,6 +514,7 @@ def test_unknown_kill_step_is_rejected(run_dir, monkeypatch):
 
 # ----------------------------------------------------------------------------------------------
 # The client's side: one version for all three models, even while a server moves between exports.
+
 
 @pytest.mark.serving
 def test_client_pins_one_version_available_for_all_three(exported, run_dir, tmp_path):
@@ -415,8 +530,10 @@ def test_client_pins_one_version_available_for_all_three(exported, run_dir, tmp_
         os.makedirs(tmp_path / model)
         for v in versions:  # every version is the fixture's export (symlinked)
             os.symlink(exported[model], tmp_path / model / str(v))
-    config = models_config.write_config(str(tmp_path / "models.config"), models_config.build_config(
-        {m: str(tmp_path / m) for m in layout}, versions=layout))
+    config = models_config.write_config(
+        str(tmp_path / "models.config"),
+        models_config.build_config({m: str(tmp_path / m) for m in layout}, versions=layout),
+    )
     server, port, registry = dev_server.create_server(config, port=0, max_workers=2)
     asked = []
     get = registry.get
@@ -434,8 +551,9 @@ def test_client_pins_one_version_available_for_all_three(exported, run_dir, tmp_
             client._version = 7  # as if the server had since unloaded the pinned version
             feature = client.extract([png])
             assert client.version == 1 and asked == [(sig.EXTRACTOR, 7), (sig.EXTRACTOR, 1)]
-            client.model_status = lambda m: {1: "AVAILABLE"} if m == sig.SEARCHER else {
-                1: "UNLOADING", 2: "AVAILABLE"}
+            client.model_status = lambda m: (
+                {1: "AVAILABLE"} if m == sig.SEARCHER else {1: "UNLOADING", 2: "AVAILABLE"}
+            )
             with pytest.raises(FlamServingError) as e:
                 client.common_version()
             assert e.value.code == grpc.StatusCode.NOT_FOUND

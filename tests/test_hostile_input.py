@@ -15,23 +15,24 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from serving_fixtures import FEATURE_DIM, gallery_npz
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from flam_tf.data import pipeline
-from flam_tf.serving import dev_server, export
+from flam_tf.serving import dev_server, preprocessing, servables
 from flam_tf.serving import signatures as sig
-from serving_fixtures import FEATURE_DIM, exported, gallery_npz, run_dir  # noqa: F401
 
 pytestmark = pytest.mark.serving
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 LIMIT_TEXT = f"exceeds the limit of {pipeline.MAX_IMAGE_PIXELS} pixels (max_image_pixels)"
-MB = 2 ** 20
+MB = 2**20
 
 
 # ----------------------------------------------------------------------------------------------
 # Helpers.
+
 
 def rss_bytes() -> int:
     """Resident set size of this process (the in-process server's memory)."""
@@ -75,8 +76,20 @@ def bmp_bytes(pixels: np.ndarray, top_down: bool = False) -> bytes:
     stride = (3 * width + 3) // 4 * 4
     rows = pixels if top_down else pixels[::-1]
     body = b"".join(r[:, ::-1].tobytes() + b"\0" * (stride - 3 * width) for r in rows)
-    info = struct.pack("<IiiHHIIiiII", 40, width, -height if top_down else height, 1, 24, 0,
-                       len(body), 2835, 2835, 0, 0)
+    info = struct.pack(
+        "<IiiHHIIiiII",
+        40,
+        width,
+        -height if top_down else height,
+        1,
+        24,
+        0,
+        len(body),
+        2835,
+        2835,
+        0,
+        0,
+    )
     return b"BM" + struct.pack("<IHHI", 14 + 40 + len(body), 0, 0, 54) + info + body
 
 
@@ -84,9 +97,9 @@ def jpeg_size(data: bytes):
     """(height, width) from a JPEG's SOF marker, parsed with struct (independent of TF)."""
     i = 2
     while i < len(data):
-        marker, length = data[i + 1], struct.unpack(">H", data[i + 2:i + 4])[0]
+        marker, length = data[i + 1], struct.unpack(">H", data[i + 2 : i + 4])[0]
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return struct.unpack(">HH", data[i + 5:i + 9])
+            return struct.unpack(">HH", data[i + 5 : i + 9])
         i += 2 + length
     raise ValueError("no SOF marker")
 
@@ -106,8 +119,12 @@ def reference_size(data: bytes):
 
 
 def tensor_proto(dtype, dims, **values) -> tensor_pb2.TensorProto:
-    proto = tensor_pb2.TensorProto(dtype=dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims]))
+    proto = tensor_pb2.TensorProto(
+        dtype=dtype,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims]
+        ),
+    )
     for field, value in values.items():
         getattr(proto, field).extend(value)
     return proto
@@ -119,12 +136,15 @@ def predict(server, model, signature, inputs, timeout=30.0):
     request.model_spec.name = model
     request.model_spec.signature_name = signature
     for key, value in inputs.items():
-        request.inputs[key].CopyFrom(value if isinstance(value, tensor_pb2.TensorProto)
-                                     else tf.make_tensor_proto(value))
-    with grpc.insecure_channel(server, options=[
-            ("grpc.max_send_message_length", 128 * MB)]) as channel:
+        request.inputs[key].CopyFrom(
+            value if isinstance(value, tensor_pb2.TensorProto) else tf.make_tensor_proto(value)
+        )
+    with grpc.insecure_channel(
+        server, options=[("grpc.max_send_message_length", 128 * MB)]
+    ) as channel:
         response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
-            request, timeout=timeout)
+            request, timeout=timeout
+        )
     return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
 
 
@@ -148,9 +168,16 @@ def server(exported):
     grpc_server, port, _ = dev_server.create_server(exported["models.config"], port=0)
     grpc_server.start()
     address = f"127.0.0.1:{port}"
-    predict(address, sig.EXTRACTOR, sig.SERVING_DEFAULT,  # warm: first-call allocations
-            {sig.IMAGE_BYTES: np.array([tf.io.encode_png(np.zeros((9, 9, 3), np.uint8)).numpy()],
-                                       dtype=object)})
+    predict(
+        address,
+        sig.EXTRACTOR,
+        sig.SERVING_DEFAULT,  # warm: first-call allocations
+        {
+            sig.IMAGE_BYTES: np.array(
+                [tf.io.encode_png(np.zeros((9, 9, 3), np.uint8)).numpy()], dtype=object
+            )
+        },
+    )
     predict(address, sig.SEARCHER, sig.SERVING_DEFAULT, {sig.FEATURE: _UNIT})
     yield address
     grpc_server.stop(0).wait()
@@ -159,13 +186,18 @@ def server(exported):
 # ----------------------------------------------------------------------------------------------
 # Served: bombs, amplification, echoes, batches, overflow.
 
+
 def test_png_bomb_is_refused_before_decoding(server):
     bomb = png_bomb()
     assert len(bomb) < 100_000
     before = rss_bytes()
     start = time.monotonic()
-    e = predict_error(server, sig.EXTRACTOR, sig.SERVING_DEFAULT,
-                      {sig.IMAGE_BYTES: np.array([bomb], dtype=object)})
+    e = predict_error(
+        server,
+        sig.EXTRACTOR,
+        sig.SERVING_DEFAULT,
+        {sig.IMAGE_BYTES: np.array([bomb], dtype=object)},
+    )
     elapsed = time.monotonic() - start
     grown = rss_bytes() - before
     assert e.code() == INVALID, e.details()
@@ -179,16 +211,23 @@ def test_gif_frame_larger_than_its_logical_screen_is_refused(server):
     20,000 x 20,000 frame must be refused as 20,000 x 20,000."""
     bomb = gif_bytes((1, 1), [(20000, 20000)])
     before = rss_bytes()
-    e = predict_error(server, sig.EXTRACTOR, sig.SERVING_DEFAULT,
-                      {sig.IMAGE_BYTES: np.array([bomb], dtype=object)})
+    e = predict_error(
+        server,
+        sig.EXTRACTOR,
+        sig.SERVING_DEFAULT,
+        {sig.IMAGE_BYTES: np.array([bomb], dtype=object)},
+    )
     assert e.code() == INVALID and f"Image of 20000 x 20000 pixels {LIMIT_TEXT}" in e.details()
     assert rss_bytes() - before < 100 * MB
 
 
-@pytest.mark.parametrize("dims,fragment", [
-    ([400000, 256], f"At most {sig.MAX_FEATURES_PER_REQUEST} rows per request"),
-    ([1000, 100000], "more than the 67108864 bytes a request may hold (max_request_mb)"),
-])
+@pytest.mark.parametrize(
+    "dims,fragment",
+    [
+        ([400000, 256], f"At most {sig.MAX_FEATURES_PER_REQUEST} rows per request"),
+        ([1000, 100000], "more than the 67108864 bytes a request may hold (max_request_mb)"),
+    ],
+)
 def test_amplified_tensor_proto_is_refused_before_it_is_built(server, dims, fragment):
     """59 bytes declaring 400 MB (one float value, which tf.make_ndarray would repeat)."""
     proto = tensor_proto(types_pb2.DT_FLOAT, dims, float_val=[1.0])
@@ -204,13 +243,19 @@ def test_amplified_tensor_proto_is_refused_before_it_is_built(server, dims, frag
 def test_malformed_tensor_protos_are_invalid_and_one_value_still_broadcasts(server):
     bad = {
         "negative dim": tensor_proto(types_pb2.DT_FLOAT, [-1, FEATURE_DIM], float_val=[1.0]),
-        "too many values": tensor_proto(types_pb2.DT_FLOAT, [1, FEATURE_DIM],
-                                        float_val=[1.0] * (FEATURE_DIM + 1)),
+        "too many values": tensor_proto(
+            types_pb2.DT_FLOAT, [1, FEATURE_DIM], float_val=[1.0] * (FEATURE_DIM + 1)
+        ),
         "short content": tensor_pb2.TensorProto(
-            dtype=types_pb2.DT_FLOAT, tensor_content=b"\0" * 4,
-            tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[
-                tensor_shape_pb2.TensorShapeProto.Dim(size=2),
-                tensor_shape_pb2.TensorShapeProto.Dim(size=FEATURE_DIM)])),
+            dtype=types_pb2.DT_FLOAT,
+            tensor_content=b"\0" * 4,
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                dim=[
+                    tensor_shape_pb2.TensorShapeProto.Dim(size=2),
+                    tensor_shape_pb2.TensorShapeProto.Dim(size=FEATURE_DIM),
+                ]
+            ),
+        ),
     }
     for name, proto in bad.items():
         e = predict_error(server, sig.SEARCHER, sig.SERVING_DEFAULT, {sig.FEATURE: proto})
@@ -218,49 +263,86 @@ def test_malformed_tensor_protos_are_invalid_and_one_value_still_broadcasts(serv
     # As in TF (Tensor::FromProto), one value fills a (small) declared shape.
     one = tensor_proto(types_pb2.DT_FLOAT, [3, FEATURE_DIM], float_val=[0.5])
     got = predict(server, sig.SEARCHER, sig.SERVING_DEFAULT, {sig.FEATURE: one})
-    want = predict(server, sig.SEARCHER, sig.SERVING_DEFAULT,
-                   {sig.FEATURE: np.full((3, FEATURE_DIM), 0.5, np.float32)})
+    want = predict(
+        server,
+        sig.SEARCHER,
+        sig.SERVING_DEFAULT,
+        {sig.FEATURE: np.full((3, FEATURE_DIM), 0.5, np.float32)},
+    )
     np.testing.assert_array_equal(got[sig.IDS], want[sig.IDS])
 
 
-@pytest.mark.parametrize("attribute", [b"x" * 2 ** 20, b"\xff\xfe col\xc3our \x80" * 3],
-                         ids=["1MB", "non_utf8"])
+@pytest.mark.parametrize(
+    "attribute", [b"x" * 2**20, b"\xff\xfe col\xc3our \x80" * 3], ids=["1MB", "non_utf8"]
+)
 def test_attribute_is_not_echoed_whole(server, attribute):
-    e = predict_error(server, sig.MANIPULATOR, sig.SERVING_DEFAULT, {
-        sig.FEATURE: _UNIT[:1], sig.ATTRIBUTE: np.array([attribute], dtype=object),
-        sig.VALUE: np.array([b"red"], dtype=object)})
+    e = predict_error(
+        server,
+        sig.MANIPULATOR,
+        sig.SERVING_DEFAULT,
+        {
+            sig.FEATURE: _UNIT[:1],
+            sig.ATTRIBUTE: np.array([attribute], dtype=object),
+            sig.VALUE: np.array([b"red"], dtype=object),
+        },
+    )
     assert e.code() == INVALID, e.details()
     message = e.details()  # TF's Assert format: "assertion failed: [<message>]"
     real = "assertion failed: [Unknown attribute. Received: attribute="
     assert message.startswith(real), message[:200]
     assert len(message) < 500
-    quoted = message[len(real):].split(";")[0]
-    assert len(quoted) <= export.QUOTE_CHARS + 3
+    quoted = message[len(real) :].split(";")[0]
+    assert len(quoted) <= preprocessing.QUOTE_CHARS + 3
     assert "expected one of [shape, color, pattern]" in message
 
 
 def test_server_messages_are_capped_and_valid_utf8():
-    long = dev_server.clean_message("é" * 10 ** 6)
+    long = dev_server.clean_message("é" * 10**6)
     assert len(long.encode("utf-8")) <= dev_server.MAX_MESSAGE_BYTES and long.endswith("...")
     assert dev_server.clean_message(b"bad \xff byte") == "bad \ufffd byte"
     assert dev_server.clean_message("short") == "short"
 
 
-@pytest.mark.parametrize("model,signature,key,rows,limit", [
-    (sig.EXTRACTOR, sig.SERVING_DEFAULT, sig.IMAGE_BYTES, sig.MAX_IMAGES_PER_REQUEST + 1,
-     sig.MAX_IMAGES_PER_REQUEST),
-    (sig.EXTRACTOR, sig.FROM_PIXELS, sig.IMAGES, sig.MAX_IMAGES_PER_REQUEST + 1,
-     sig.MAX_IMAGES_PER_REQUEST),
-    (sig.SEARCHER, sig.SERVING_DEFAULT, sig.FEATURE, sig.MAX_FEATURES_PER_REQUEST + 1,
-     sig.MAX_FEATURES_PER_REQUEST),
-    (sig.MANIPULATOR, sig.DESCRIBE, sig.FEATURE, sig.MAX_FEATURES_PER_REQUEST + 1,
-     sig.MAX_FEATURES_PER_REQUEST),
-])
+@pytest.mark.parametrize(
+    "model,signature,key,rows,limit",
+    [
+        (
+            sig.EXTRACTOR,
+            sig.SERVING_DEFAULT,
+            sig.IMAGE_BYTES,
+            sig.MAX_IMAGES_PER_REQUEST + 1,
+            sig.MAX_IMAGES_PER_REQUEST,
+        ),
+        (
+            sig.EXTRACTOR,
+            sig.FROM_PIXELS,
+            sig.IMAGES,
+            sig.MAX_IMAGES_PER_REQUEST + 1,
+            sig.MAX_IMAGES_PER_REQUEST,
+        ),
+        (
+            sig.SEARCHER,
+            sig.SERVING_DEFAULT,
+            sig.FEATURE,
+            sig.MAX_FEATURES_PER_REQUEST + 1,
+            sig.MAX_FEATURES_PER_REQUEST,
+        ),
+        (
+            sig.MANIPULATOR,
+            sig.DESCRIBE,
+            sig.FEATURE,
+            sig.MAX_FEATURES_PER_REQUEST + 1,
+            sig.MAX_FEATURES_PER_REQUEST,
+        ),
+    ],
+)
 def test_batch_over_the_maximum_is_invalid(server, exported, model, signature, key, rows, limit):
     png = tf.io.encode_png(np.zeros((4, 4, 3), np.uint8)).numpy()
-    value = {sig.IMAGE_BYTES: np.array([png] * rows, dtype=object),
-             sig.IMAGES: np.zeros((rows, 4, 4, 3), np.uint8),
-             sig.FEATURE: np.ones((rows, FEATURE_DIM), np.float32)}[key]
+    value = {
+        sig.IMAGE_BYTES: np.array([png] * rows, dtype=object),
+        sig.IMAGES: np.zeros((rows, 4, 4, 3), np.uint8),
+        sig.FEATURE: np.ones((rows, FEATURE_DIM), np.float32),
+    }[key]
     # The dev server checks the declared shape ...
     e = predict_error(server, model, signature, {key: value})
     assert e.code() == INVALID and f"At most {limit} rows per request" in e.details()
@@ -274,9 +356,10 @@ def test_batch_over_the_maximum_is_invalid(server, exported, model, signature, k
 def test_from_pixels_refuses_images_over_the_pixel_limit(exported):
     fn = tf.saved_model.load(exported[sig.EXTRACTOR]).signatures[sig.FROM_PIXELS]
     too_wide = tf.zeros([1, 1, pipeline.MAX_IMAGE_PIXELS + 1, 3], tf.uint8)
-    with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=re.escape(f"Image of {pipeline.MAX_IMAGE_PIXELS + 1} x 1 pixels "
-                                       f"{LIMIT_TEXT}")):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=re.escape(f"Image of {pipeline.MAX_IMAGE_PIXELS + 1} x 1 pixels {LIMIT_TEXT}"),
+    ):
         fn(images=too_wide)
 
 
@@ -295,6 +378,7 @@ def test_huge_finite_query_ranks_like_its_direction(server, run_dir):
 
 # ----------------------------------------------------------------------------------------------
 # Start-up and shutdown.
+
 
 def test_taken_port_fails_fast_without_loading_models(monkeypatch):
     class MustNotLoad:
@@ -328,7 +412,7 @@ def test_failed_load_releases_the_port(monkeypatch):
 def test_stop_drains_in_flight_requests_and_refuses_new_ones(exported, monkeypatch):
     """serve() stopped while a slow request runs: it completes; a new one is refused."""
     slow, entered = threading.Event(), threading.Event()
-    original = dev_server.Servable.predict
+    original = servables.Servable.predict
 
     def slow_predict(self, request):
         if slow.is_set():
@@ -336,19 +420,23 @@ def test_stop_drains_in_flight_requests_and_refuses_new_ones(exported, monkeypat
             time.sleep(3.0)
         return original(self, request)
 
-    monkeypatch.setattr(dev_server.Servable, "predict", slow_predict)
+    monkeypatch.setattr(servables.Servable, "predict", slow_predict)
     port, ready, stop = free_port(), threading.Event(), threading.Event()
-    thread = threading.Thread(target=dev_server.serve, args=(exported["models.config"],),
-                              kwargs=dict(port=port, grace_s=10.0, ready=ready, stop=stop),
-                              daemon=True)
+    thread = threading.Thread(
+        target=dev_server.serve,
+        args=(exported["models.config"],),
+        kwargs=dict(port=port, grace_s=10.0, ready=ready, stop=stop),
+        daemon=True,
+    )
     thread.start()
     assert ready.wait(60)
     address, result = f"127.0.0.1:{port}", {}
 
     def in_flight():
         try:
-            result["out"] = predict(address, sig.SEARCHER, sig.SERVING_DEFAULT,
-                                    {sig.FEATURE: _UNIT})
+            result["out"] = predict(
+                address, sig.SEARCHER, sig.SERVING_DEFAULT, {sig.FEATURE: _UNIT}
+            )
         except grpc.RpcError as e:
             result["error"] = e
 
@@ -371,18 +459,24 @@ def test_stop_drains_in_flight_requests_and_refuses_new_ones(exported, monkeypat
 # ----------------------------------------------------------------------------------------------
 # The training pipeline's decoding.
 
+
 def _images():
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 256, (37, 53, 3), np.uint8)
     from PIL import Image
+
     gif = io.BytesIO()
     Image.fromarray(pixels).convert("P").save(gif, format="GIF")
     bmp = io.BytesIO()
     Image.fromarray(pixels).save(bmp, format="BMP")
-    return {"jpeg": tf.io.encode_jpeg(pixels).numpy(), "png": tf.io.encode_png(pixels).numpy(),
-            "gif": gif.getvalue(), "bmp": bmp.getvalue(),
-            "bmp_top_down": bmp_bytes(pixels, top_down=True),
-            "gif_by_hand": gif_bytes((300, 200), [(300, 200)])}
+    return {
+        "jpeg": tf.io.encode_jpeg(pixels).numpy(),
+        "png": tf.io.encode_png(pixels).numpy(),
+        "gif": gif.getvalue(),
+        "bmp": bmp.getvalue(),
+        "bmp_top_down": bmp_bytes(pixels, top_down=True),
+        "gif_by_hand": gif_bytes((300, 200), [(300, 200)]),
+    }
 
 
 @pytest.mark.parametrize("name", ["jpeg", "png", "gif", "bmp", "bmp_top_down", "gif_by_hand"])
@@ -390,8 +484,9 @@ def test_image_size_from_header_matches_struct_reference(name):
     data = _images()[name]
     want = reference_size(data)
     assert tuple(pipeline.image_size_from_header(data).numpy()) == want
-    graph = tf.function(pipeline.image_size_from_header,
-                        input_signature=[tf.TensorSpec([], tf.string)])
+    graph = tf.function(
+        pipeline.image_size_from_header, input_signature=[tf.TensorSpec([], tf.string)]
+    )
     assert tuple(graph(tf.constant(data)).numpy()) == want
     if name != "gif_by_hand":  # decodable: the header's size is what TF decodes to
         assert tf.io.decode_image(data, channels=3, expand_animations=False).shape[:2] == want
@@ -400,8 +495,9 @@ def test_image_size_from_header_matches_struct_reference(name):
 @pytest.mark.parametrize("name", ["jpeg", "png", "gif", "bmp", "bmp_top_down"])
 def test_decode_image_gives_the_same_pixels_as_before(name):
     data = _images()[name]
-    before = tf.image.resize(tf.cast(tf.io.decode_image(data, channels=3, expand_animations=False),
-                                     tf.float32), (16, 16))
+    before = tf.image.resize(
+        tf.cast(tf.io.decode_image(data, channels=3, expand_animations=False), tf.float32), (16, 16)
+    )
     np.testing.assert_array_equal(pipeline.decode_image(data, 16).numpy(), before.numpy())
     ds = tf.data.Dataset.from_tensors(data).map(lambda b: pipeline.decode_image(b, 16))
     np.testing.assert_array_equal(next(iter(ds)).numpy(), before.numpy())
@@ -411,21 +507,25 @@ def test_decode_image_refuses_oversize_headers_before_decoding():
     header_only = png_bomb(with_data=False)  # not decodable: only the check can fail first
     assert len(header_only) == 33
     for data in (header_only, gif_bytes((20000, 20000), [(1, 1)])):
-        with pytest.raises(tf.errors.InvalidArgumentError,
-                           match=re.escape(f"Image of 20000 x 20000 pixels {LIMIT_TEXT}")):
+        with pytest.raises(
+            tf.errors.InvalidArgumentError,
+            match=re.escape(f"Image of 20000 x 20000 pixels {LIMIT_TEXT}"),
+        ):
             pipeline.decode_image(data, 16)
     ds = tf.data.Dataset.from_tensors(header_only).map(lambda b: pipeline.decode_image(b, 16))
     with pytest.raises(tf.errors.InvalidArgumentError, match="max_image_pixels"):
         next(iter(ds))
     # PNG sizes are uint32: 2^32 - 1 squared must not overflow into a "small" image.
     with pytest.raises(tf.errors.InvalidArgumentError, match="max_image_pixels"):
-        pipeline.decode_image(png_bomb(2 ** 32 - 1, 2 ** 32 - 1, with_data=False), 16)
+        pipeline.decode_image(png_bomb(2**32 - 1, 2**32 - 1, with_data=False), 16)
 
 
 def test_decode_image_limit_is_configurable_and_counts_all_gif_frames():
     data = _images()["png"]
-    with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=re.escape("Image of 53 x 37 pixels exceeds the limit of 1000")):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=re.escape("Image of 53 x 37 pixels exceeds the limit of 1000"),
+    ):
         pipeline.decode_image(data, 8, max_pixels=1000)
     assert pipeline.decode_image(data, 8, max_pixels=37 * 53).shape == (8, 8, 3)
     frames = gif_bytes((100, 100), [(100, 100)] * 3)  # 30,000 pixels decoded in all
@@ -441,14 +541,20 @@ def test_unknown_format_still_fails_clearly():
 # ----------------------------------------------------------------------------------------------
 # BUILD.md states the limits the code enforces.
 
+
 def test_build_md_limits_match_the_code():
     with open(os.path.join(ROOT, "BUILD.md"), encoding="utf-8") as f:
         text = f.read()
     section = text.split("### Limits on requests and images", 1)[1].split("\n#", 1)[0]
     numbers = {int(n.replace(",", "")) for n in re.findall(r"\d[\d,]*", section)}
-    for value in (pipeline.MAX_IMAGE_PIXELS, sig.MAX_IMAGES_PER_REQUEST,
-                  sig.MAX_FEATURES_PER_REQUEST, dev_server.DEFAULT_MAX_REQUEST_MB,
-                  dev_server.MAX_MESSAGE_BYTES, int(dev_server.DEFAULT_GRACE_S),
-                  export.QUOTE_CHARS):
+    for value in (
+        pipeline.MAX_IMAGE_PIXELS,
+        sig.MAX_IMAGES_PER_REQUEST,
+        sig.MAX_FEATURES_PER_REQUEST,
+        servables.DEFAULT_MAX_REQUEST_MB,
+        dev_server.MAX_MESSAGE_BYTES,
+        int(dev_server.DEFAULT_GRACE_S),
+        preprocessing.QUOTE_CHARS,
+    ):
         assert value in numbers, value
     assert "data.max_image_pixels" in section and "max_image_pixels=" in section

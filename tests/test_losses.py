@@ -142,8 +142,9 @@ def test_triplet_semihard_hand_worked():
     #   (2,3): d_ap=1.8, negatives of 2 {0.2, 0.04}, none > 1.8: farthest 0.2 -> 2.6
     #   (3,2): d_ap=1.8, negatives of 3 {2, 1.6}, semi-hard 2  -> 0.8
     # Mean over the 4 positive pairs: 3.4 / 4 = 0.85.
-    got = losses.triplet_loss(HAND_LABELS, HAND_EMB, margin=1.0, mining="semi-hard",
-                              distance="cosine")
+    got = losses.triplet_loss(
+        HAND_LABELS, HAND_EMB, margin=1.0, mining="semi-hard", distance="cosine"
+    )
     np.testing.assert_allclose(got.numpy(), 0.85, atol=1e-6)
 
 
@@ -151,8 +152,7 @@ def test_triplet_hard_hand_worked():
     # Per anchor, margin 1: hardest positive - hardest negative + 1
     #   a0: 0.4 - 0.2 + 1 = 1.2    a1: 0.4 - 0.04 + 1 = 1.36
     #   a2: 1.8 - 0.04 + 1 = 2.76  a3: 1.8 - 1.6 + 1 = 1.2      mean = 6.52 / 4 = 1.63
-    got = losses.triplet_loss(HAND_LABELS, HAND_EMB, margin=1.0, mining="hard",
-                              distance="cosine")
+    got = losses.triplet_loss(HAND_LABELS, HAND_EMB, margin=1.0, mining="hard", distance="cosine")
     np.testing.assert_allclose(got.numpy(), 1.63, atol=1e-6)
 
 
@@ -179,8 +179,9 @@ def test_triplet_singleton_label(mining, distance):
     labels, emb = random_batch(3, batch_size=7)
     labels = np.array([0, 0, 1, 1, 1, 2, 7], np.int32)
     got = losses.triplet_loss(labels, emb, margin=1.0, mining=mining, distance=distance)
-    np.testing.assert_allclose(got.numpy(), np_triplet(labels, emb, 1.0, mining, distance),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        got.numpy(), np_triplet(labels, emb, 1.0, mining, distance), atol=1e-5
+    )
 
 
 def test_triplet_two_singletons_hand_worked():
@@ -217,16 +218,18 @@ def test_triplet_all_labels_distinct(distance):
     semi = losses.triplet_loss(labels, emb, mining="semi-hard", distance=distance)
     assert semi.numpy() == 0.0  # no positive pair
     hard = losses.triplet_loss(labels, emb, mining="hard", distance=distance)
-    np.testing.assert_allclose(hard.numpy(), np_triplet(labels, emb, 1.0, "hard", distance),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        hard.numpy(), np_triplet(labels, emb, 1.0, "hard", distance), atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("mining,distance", COMBOS)
 def test_triplet_sample_weight_mask(mining, distance):
     labels, emb = random_batch(6)
     keep = np.array([True, False] * 6)
-    got = losses.triplet_loss(labels, emb, mining=mining, distance=distance,
-                              sample_weight_mask=keep)
+    got = losses.triplet_loss(
+        labels, emb, mining=mining, distance=distance, sample_weight_mask=keep
+    )
     expected = np_triplet(labels[keep], emb[keep], 1.0, mining, distance)
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
     # Changing masked-out examples changes nothing.
@@ -234,8 +237,9 @@ def test_triplet_sample_weight_mask(mining, distance):
     emb2[~keep] = np.random.default_rng(9).normal(size=emb2[~keep].shape)
     labels2 = labels.copy()
     labels2[~keep] = labels[keep][0]
-    got2 = losses.triplet_loss(labels2, emb2, mining=mining, distance=distance,
-                               sample_weight_mask=keep)
+    got2 = losses.triplet_loss(
+        labels2, emb2, mining=mining, distance=distance, sample_weight_mask=keep
+    )
     np.testing.assert_allclose(got2.numpy(), got.numpy(), atol=1e-7)
 
 
@@ -268,8 +272,9 @@ def test_triplet_gradient_finite_for_identical_embeddings(mining, distance):
 def test_triplet_inside_tf_function(mining, distance):
     labels, emb = random_batch(10)
     fn = tf.function(lambda y, e: losses.triplet_loss(y, e, mining=mining, distance=distance))
-    np.testing.assert_allclose(fn(labels, emb).numpy(),
-                               np_triplet(labels, emb, 1.0, mining, distance), atol=1e-5)
+    np.testing.assert_allclose(
+        fn(labels, emb).numpy(), np_triplet(labels, emb, 1.0, mining, distance), atol=1e-5
+    )
 
 
 def test_triplet_bad_options():
@@ -285,8 +290,9 @@ def test_triplet_bad_options():
 def test_triplet_keras_wrapper_value_and_config():
     labels, emb = random_batch(11)
     loss_fn = losses.TripletLoss(margin=0.5, mining="hard", distance="l2")
-    np.testing.assert_allclose(loss_fn(labels, emb).numpy(),
-                               np_triplet(labels, emb, 0.5, "hard", "l2"), atol=1e-5)
+    np.testing.assert_allclose(
+        loss_fn(labels, emb).numpy(), np_triplet(labels, emb, 0.5, "hard", "l2"), atol=1e-5
+    )
     clone = losses.TripletLoss.from_config(loss_fn.get_config())
     assert (clone.margin, clone.mining, clone.distance) == (0.5, "hard", "l2")
 
@@ -326,8 +332,7 @@ def test_embedder_loss_hand_worked():
     per_example = losses.embedder_triplet_loss_per_example(EMB_LABELS, EMB_E, EMB_DICT)
     np.testing.assert_allclose(per_example.numpy(), [2.6, 3.8, 0.0], atol=1e-6)
     for mining in losses.MINING_STRATEGIES:  # one negative each: both minings agree
-        got = losses.embedder_triplet_loss(EMB_LABELS, EMB_E, EMB_DICT, margin=1.0,
-                                           mining=mining)
+        got = losses.embedder_triplet_loss(EMB_LABELS, EMB_E, EMB_DICT, margin=1.0, mining=mining)
         np.testing.assert_allclose(got.numpy(), 3.2, atol=1e-6)
 
 
@@ -375,10 +380,12 @@ def test_embedder_loss_bad_mining():
 def test_adversarial_losses_at_zero_logits():
     zeros = np.zeros([4, 1], np.float32)
     # D(x) = 0.5 everywhere: -log 0.5 for the real and for the fake half.
-    np.testing.assert_allclose(losses.discriminator_adversarial_loss(zeros, zeros).numpy(),
-                               2 * np.log(2.0), atol=1e-6)
-    np.testing.assert_allclose(losses.generator_adversarial_loss(zeros).numpy(), np.log(2.0),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        losses.discriminator_adversarial_loss(zeros, zeros).numpy(), 2 * np.log(2.0), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        losses.generator_adversarial_loss(zeros).numpy(), np.log(2.0), atol=1e-6
+    )
 
 
 def test_adversarial_losses_match_numpy():
@@ -396,10 +403,12 @@ def test_adversarial_losses_match_numpy():
     assert d_per.shape == (6,) and g_per.shape == (6,)
     np.testing.assert_allclose(d_per.numpy(), d_expected, atol=1e-5)
     np.testing.assert_allclose(g_per.numpy(), g_expected, atol=1e-5)
-    np.testing.assert_allclose(losses.discriminator_adversarial_loss(real, fake).numpy(),
-                               d_expected.mean(), atol=1e-5)
-    np.testing.assert_allclose(losses.generator_adversarial_loss(fake).numpy(),
-                               g_expected.mean(), atol=1e-5)
+    np.testing.assert_allclose(
+        losses.discriminator_adversarial_loss(real, fake).numpy(), d_expected.mean(), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        losses.generator_adversarial_loss(fake).numpy(), g_expected.mean(), atol=1e-5
+    )
 
 
 def test_adversarial_losses_confident_discriminator():
@@ -426,7 +435,7 @@ def test_feature_matching_m_and_s_match_numpy():
     m = losses.feature_matching_loss(f, t, idx, mode="M", per_example=True).numpy()
     s = losses.feature_matching_loss(f, t, idx, mode="S", per_example=True).numpy()
     m_expected = np.linalg.norm(f - t, axis=1)
-    s_expected = [np.linalg.norm((f - t)[i, idx[i] * K:(idx[i] + 1) * K]) for i in range(5)]
+    s_expected = [np.linalg.norm((f - t)[i, idx[i] * K : (idx[i] + 1) * K]) for i in range(5)]
     np.testing.assert_allclose(m, m_expected, rtol=1e-5)
     np.testing.assert_allclose(s, s_expected, rtol=1e-5)
     assert np.all(m > s)  # M also matches the remaining blocks
@@ -454,9 +463,9 @@ def test_feature_matching_s_ignores_other_blocks():
     m = losses.feature_matching_loss(f, t, idx, mode="M", per_example=True)
     f2 = f.copy()
     for i, a in enumerate(idx):  # perturb every non-target block
-        keep = f2[i, a * K:(a + 1) * K].copy()
+        keep = f2[i, a * K : (a + 1) * K].copy()
         f2[i] += 5.0
-        f2[i, a * K:(a + 1) * K] = keep
+        f2[i, a * K : (a + 1) * K] = keep
     s2 = losses.feature_matching_loss(f2, t, idx, mode="S", per_example=True)
     m2 = losses.feature_matching_loss(f2, t, idx, mode="M", per_example=True)
     np.testing.assert_allclose(s2.numpy(), s.numpy(), atol=1e-6)
@@ -490,8 +499,7 @@ def test_cycle_consistency():
 def test_cosine_similarity():
     x = np.array([[1.0, 0.0], [3.0, 4.0], [1.0, 1.0]], np.float32)
     y = np.array([[0.0, 2.0], [6.0, 8.0], [-1.0, -1.0]], np.float32)
-    np.testing.assert_allclose(losses.cosine_similarity(x, y).numpy(), [0.0, 1.0, -1.0],
-                               atol=1e-6)
+    np.testing.assert_allclose(losses.cosine_similarity(x, y).numpy(), [0.0, 1.0, -1.0], atol=1e-6)
 
 
 @pytest.mark.parametrize("mining", losses.MINING_STRATEGIES)
@@ -501,15 +509,20 @@ def test_cosine_triplet_loss_ignores_row_scale(mining):
     embeddings = rng.normal(size=(12, 5)).astype(np.float32)
     labels = rng.integers(0, 3, size=12)
     scaled = embeddings * rng.uniform(0.01, 100.0, size=(12, 1)).astype(np.float32)
-    reference = losses.triplet_loss(labels, embeddings, margin=0.3, mining=mining,
-                                    distance="cosine")
+    reference = losses.triplet_loss(
+        labels, embeddings, margin=0.3, mining=mining, distance="cosine"
+    )
     assert float(reference) > 0.0
     np.testing.assert_allclose(
         losses.triplet_loss(labels, scaled, margin=0.3, mining=mining, distance="cosine"),
-        reference, rtol=1e-5)
+        reference,
+        rtol=1e-5,
+    )
     # The same for Eq. 2 (embeddings and dictionary vectors as anchors, cosine distance).
     dictionary = rng.normal(size=(3, 5)).astype(np.float32)
     eq2 = losses.embedder_triplet_loss(labels, embeddings, dictionary, margin=0.3, mining=mining)
     np.testing.assert_allclose(
         losses.embedder_triplet_loss(labels, scaled, dictionary * 7.0, margin=0.3, mining=mining),
-        eq2, rtol=1e-5)
+        eq2,
+        rtol=1e-5,
+    )

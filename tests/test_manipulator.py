@@ -29,8 +29,9 @@ def _unit(rows, seed=0):
 def _manipulator(**kwargs):
     keras.utils.set_random_seed(kwargs.pop("init_seed", 0))
     embedder = AttributeEmbedder(D, embedding_dim=K, hidden_units=16)
-    return FeatureManipulator(embedder, D, embedding_dim=K, g_hidden=(16,), d_hidden=(16,),
-                              **kwargs)
+    return FeatureManipulator(
+        embedder, D, embedding_dim=K, g_hidden=(16,), d_hidden=(16,), **kwargs
+    )
 
 
 def _compiled(model, lr=1e-2):
@@ -49,8 +50,9 @@ def test_generator_with_zero_delta_is_the_identity_on_unit_features(kind):
     x = _unit(6)
     # Memory G: any memory, since e equal to the query's own embedding selects the same class twice.
     if kind == "memory":
-        model.generator.memory.assign(np.random.default_rng(1).normal(
-            size=model.generator.memory.shape).astype(np.float32))
+        model.generator.memory.assign(
+            np.random.default_rng(1).normal(size=model.generator.memory.shape).astype(np.float32)
+        )
     _zero_delta(model.generator)
     a = tf.constant([0, 1, 2, 0, 1, 2])
     own = tf.stack(list(model.embedder.embed(x).values()), axis=1)
@@ -67,8 +69,9 @@ def test_memory_generator_starts_at_the_class_mean_shift():
     dictionaries = np.zeros((3, 3, K), np.float32)
     for a in range(3):
         dictionaries[a, :, :3] = np.eye(3)
-    generator = MemoryGenerator(D, K, counts, (8,), memory_temperature=0.01,
-                                dictionaries=dictionaries)
+    generator = MemoryGenerator(
+        D, K, counts, (8,), memory_temperature=0.01, dictionaries=dictionaries
+    )
     memory = np.random.default_rng(2).normal(size=(3, 3, D)).astype(np.float32)
     generator.initialize_memory(memory)
     x = _unit(4)
@@ -89,16 +92,18 @@ def test_memory_generator_never_selects_padding_classes():
 
 
 def test_reported_cycle_loss_is_the_mean_l1_over_valid_rows():
-    model = _compiled(_manipulator(target_sampling="partner", generator="memory",
-                                   retrieval_weight=0.0, seed=4))
+    model = _compiled(
+        _manipulator(target_sampling="partner", generator="memory", retrieval_weight=0.0, seed=4)
+    )
     x = _unit(16, seed=5)
     target = (np.arange(16) % 3).astype(np.int32)
     reported = model.evaluate(x, target, batch_size=16, verbose=0, return_dict=True)["cycle_loss"]
 
     embedded = model.embedder.embed(x)
     e = np.stack([np.asarray(embedded[a]) for a in ("shape", "color", "pattern")], 1)
-    classes = np.stack([np.asarray(model.embedder.classify(x)[a][0])
-                        for a in ("shape", "color", "pattern")], 1)
+    classes = np.stack(
+        [np.asarray(model.embedder.classify(x)[a][0]) for a in ("shape", "color", "pattern")], 1
+    )
     partner, valid = (np.asarray(v) for v in select_partners(e, classes, target))
     rows = np.arange(16)
     x_fake = np.asarray(model.generate(x, e[partner, target], target))
@@ -125,8 +130,9 @@ def test_every_valid_partner_differs_in_the_target_attribute(seed):
         classes[:] = (sign > 0)[:, None]
     target = rng.integers(0, 3, size=batch).astype(np.int32)
     for online in (True, False):
-        partner, valid = select_partners(e.astype(np.float32), classes, target, online,
-                                         seed=tf.constant([seed, 1]))
+        partner, valid = select_partners(
+            e.astype(np.float32), classes, target, online, seed=tf.constant([seed, 1])
+        )
         partner, valid = np.asarray(partner), np.asarray(valid)
         for i in range(batch):
             differs = classes[:, target[i]] != classes[i, target[i]]
@@ -144,8 +150,9 @@ def test_uniform_targets_change_only_the_target_type_and_cover_every_other_class
     model = _manipulator(retrieval_weight=0.0, seed=7)
     x = _unit(64, seed=8)
     target = (np.arange(64) % 3).astype(np.int32)
-    own = np.stack([np.asarray(model.embedder.classify(x)[a][0])
-                    for a in ("shape", "color", "pattern")], 1)
+    own = np.stack(
+        [np.asarray(model.embedder.classify(x)[a][0]) for a in ("shape", "color", "pattern")], 1
+    )
     seen = set()
     for _ in range(20):
         p = model._pairs(tf.constant(x), tf.constant(target))
@@ -170,17 +177,22 @@ def test_retrieval_loss_against_numpy():
     positive[4] = False  # no positive: 0, and left out of the mean
     positive[0, 0] = True
     tau = 0.1
-    s = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (
-        bank / np.linalg.norm(bank, axis=1, keepdims=True)).T / tau
+    s = (
+        (q / np.linalg.norm(q, axis=1, keepdims=True))
+        @ (bank / np.linalg.norm(bank, axis=1, keepdims=True)).T
+        / tau
+    )
     expected = np.log(np.exp(s).sum(1)) - np.log((np.exp(s) * positive).sum(1) + 1e-300)
     expected[4] = 0.0
     per = losses.retrieval_loss(q, bank, positive, tau, per_example=True)
     np.testing.assert_allclose(per, expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(losses.retrieval_loss(q, bank, positive, tau),
-                               expected[:4].mean(), rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.retrieval_loss(q, bank, positive, tau), expected[:4].mean(), rtol=1e-5
+    )
     # Every row a positive: the loss is 0 (all the softmax mass is on positives).
-    np.testing.assert_allclose(losses.retrieval_loss(q, bank, np.ones((5, 9), bool), tau), 0.0,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        losses.retrieval_loss(q, bank, np.ones((5, 9), bool), tau), 0.0, atol=1e-5
+    )
     with pytest.raises(ValueError, match="temperature"):
         losses.retrieval_loss(q, bank, positive, 0.0)
 
@@ -217,10 +229,12 @@ def test_memory_is_initialised_at_class_means_and_saved(tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     np.testing.assert_allclose(np.asarray(loaded.generator.memory), memory)
-    np.testing.assert_allclose(np.asarray(loaded.generator.dictionaries),
-                               np.asarray(model.generator.dictionaries))
-    np.testing.assert_allclose(loaded.manipulate(x, "color", "red"),
-                               model.manipulate(x, "color", "red"), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(loaded.generator.dictionaries), np.asarray(model.generator.dictionaries)
+    )
+    np.testing.assert_allclose(
+        loaded.manipulate(x, "color", "red"), model.manipulate(x, "color", "red"), atol=1e-6
+    )
 
 
 def test_bad_options_are_named():
@@ -279,8 +293,9 @@ def test_mixed_bfloat16_trains_in_bfloat16_and_keeps_x_at_full_precision(kind, t
     loaded = keras.saving.load_model(path)
     assert loaded.precision == "mixed_bfloat16"
     assert loaded.generator.hidden[0].compute_dtype == "bfloat16"
-    np.testing.assert_allclose(loaded.manipulate(x, "color", "red"),
-                               model.manipulate(x, "color", "red"), atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.manipulate(x, "color", "red"), model.manipulate(x, "color", "red"), atol=1e-6
+    )
 
 
 def test_unknown_precision_is_named():

@@ -7,7 +7,6 @@ import pytest
 
 from flam_tf.evaluation import metrics
 
-
 # ---------------------------------------------------------------------------------------------
 # cosine_top_k
 # ---------------------------------------------------------------------------------------------
@@ -19,8 +18,9 @@ def brute_force_top_k(queries, gallery, k, exclude=None):
     sims = q.astype(np.float64) @ g.T.astype(np.float64)
     indices, scores = [], []
     for i, row in enumerate(sims):
-        order = [j for j in np.argsort(-row, kind="stable")
-                 if exclude is None or j != exclude[i]][:k]
+        order = [j for j in np.argsort(-row, kind="stable") if exclude is None or j != exclude[i]][
+            :k
+        ]
         indices.append(order)
         scores.append(row[order])
     return np.array(indices), np.array(scores)
@@ -43,8 +43,9 @@ def test_cosine_top_k_hand_worked():
     gallery = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
     indices, scores = metrics.cosine_top_k(np.array([[2.0, 1.0]]), gallery, k=3)
     np.testing.assert_array_equal(indices, [[2, 0, 1]])
-    np.testing.assert_allclose(scores, [[3 / math.sqrt(10), 2 / math.sqrt(5), 1 / math.sqrt(5)]],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        scores, [[3 / math.sqrt(10), 2 / math.sqrt(5), 1 / math.sqrt(5)]], atol=1e-6
+    )
 
 
 def test_cosine_top_k_excludes_the_query():
@@ -86,12 +87,14 @@ def test_cosine_top_k_bad_arguments():
 def test_recall_at_k_with_unanswerable_query():
     gallery_ids = np.array(["a", "b", "b", "c", "d"])
     query_ids = np.array(["a", "b", "e", "c"])
-    ranked = np.array([
-        [1, 2, 0, 3, 4],  # "a": its item (0) at rank 3
-        [2, 0, 1, 3, 4],  # "b": rank 1
-        [0, 1, 2, 3, 4],  # "e": no gallery item -> left out of the denominator
-        [0, 1, 2, 4, 3],  # "c": rank 5
-    ])
+    ranked = np.array(
+        [
+            [1, 2, 0, 3, 4],  # "a": its item (0) at rank 3
+            [2, 0, 1, 3, 4],  # "b": rank 1
+            [0, 1, 2, 3, 4],  # "e": no gallery item -> left out of the denominator
+            [0, 1, 2, 4, 3],  # "c": rank 5
+        ]
+    )
     result = metrics.recall_at_k(query_ids, gallery_ids, ranked, ks=(1, 3, 5))
     # Over the 3 answerable queries: R@1 = 1/3 ("b"), R@3 = 2/3 (+"a"), R@5 = 3/3 (+"c").
     assert result == pytest.approx({"R@1": 1 / 3, "R@3": 2 / 3, "R@5": 1.0, "num_queries": 3})
@@ -102,8 +105,9 @@ def test_recall_at_k_with_queries_inside_gallery():
     # other item with their id: only queries 0 and 1 count.
     gallery_ids = np.array([10, 10, 20, 30])
     ranked = np.array([[3, 1, 2], [0, 2, 3], [0, 1, 3], [0, 1, 2]])
-    result = metrics.recall_at_k(gallery_ids, gallery_ids, ranked, ks=(1, 2, 3),
-                                 exclude=np.arange(4))
+    result = metrics.recall_at_k(
+        gallery_ids, gallery_ids, ranked, ks=(1, 2, 3), exclude=np.arange(4)
+    )
     # Query 0 finds item 1 at rank 2; query 1 finds item 0 at rank 1.
     assert result == pytest.approx({"R@1": 0.5, "R@2": 1.0, "R@3": 1.0, "num_queries": 2})
 
@@ -128,14 +132,16 @@ def test_recall_at_k_rejects_too_short_rankings():
 # ---------------------------------------------------------------------------------------------
 
 # Gallery labels (shape, color, pattern); items 0 and 4 are queries.
-FAM_LABELS = np.array([
-    [0, 0, 0],  # 0 query
-    [0, 1, 0],  # 1
-    [1, 0, 0],  # 2
-    [0, 2, 0],  # 3
-    [0, 0, 1],  # 4 query
-    [1, 1, 1],  # 5
-])
+FAM_LABELS = np.array(
+    [
+        [0, 0, 0],  # 0 query
+        [0, 1, 0],  # 1
+        [1, 0, 0],  # 2
+        [0, 2, 0],  # 3
+        [0, 0, 1],  # 4 query
+        [1, 1, 1],  # 5
+    ]
+)
 FAM_IS_QUERY = np.array([True, False, False, False, True, False])
 
 
@@ -172,22 +178,23 @@ def test_top_k_accuracy_hit_at_rank_three():
 
 def test_fam_top_k_accuracy_per_attribute_type():
     queries = metrics.fam_queries(FAM_LABELS, FAM_IS_QUERY)
-    ranked = np.array([
-        [2, 1, 3, 4, 5],  # shape -> (1,0,0): item 2 at rank 1
-        [3, 2, 4, 5, 1],  # color -> (0,1,0): item 1 at rank 5
-        [1, 2, 3, 4, 5],  # color -> (0,2,0): item 3 at rank 3
-        [5, 1, 2, 3, 4],  # pattern -> (0,0,1): item 4 at rank 5
-        [0, 1, 2, 3, 5],  # pattern -> (0,0,0): item 0 at rank 1
-    ])
-    result = metrics.fam_top_k_accuracy(ranked, FAM_LABELS, queries.target_labels,
-                                        queries.attribute_index, ks=(1, 3, 5))
+    ranked = np.array(
+        [
+            [2, 1, 3, 4, 5],  # shape -> (1,0,0): item 2 at rank 1
+            [3, 2, 4, 5, 1],  # color -> (0,1,0): item 1 at rank 5
+            [1, 2, 3, 4, 5],  # color -> (0,2,0): item 3 at rank 3
+            [5, 1, 2, 3, 4],  # pattern -> (0,0,1): item 4 at rank 5
+            [0, 1, 2, 3, 5],  # pattern -> (0,0,0): item 0 at rank 1
+        ]
+    )
+    result = metrics.fam_top_k_accuracy(
+        ranked, FAM_LABELS, queries.target_labels, queries.attribute_index, ks=(1, 3, 5)
+    )
     assert result["shape"] == {"T@1": 1.0, "T@3": 1.0, "T@5": 1.0, "num_queries": 1}
     assert result["color"] == {"T@1": 0.0, "T@3": 0.5, "T@5": 1.0, "num_queries": 2}
     assert result["pattern"] == {"T@1": 0.5, "T@3": 0.5, "T@5": 1.0, "num_queries": 2}
     # All 5: rank-1 hits 2/5, within 3: 3/5, within 5: 5/5.
-    assert result["all"] == pytest.approx(
-        {"T@1": 0.4, "T@3": 0.6, "T@5": 1.0, "num_queries": 5}
-    )
+    assert result["all"] == pytest.approx({"T@1": 0.4, "T@3": 0.6, "T@5": 1.0, "num_queries": 5})
 
 
 def test_fam_top_k_accuracy_type_without_queries_is_nan():
@@ -202,7 +209,13 @@ def test_default_ks_and_clipping_to_gallery():
     ranked = np.array([[1, 2, 3, 4, 5]])
     result = metrics.top_k_accuracy(ranked, FAM_LABELS, [[1, 1, 1]])
     assert [key for key in result if key != "num_queries"] == [
-        "T@1", "T@5", "T@10", "T@20", "T@30", "T@50", "T@100"
+        "T@1",
+        "T@5",
+        "T@10",
+        "T@20",
+        "T@30",
+        "T@50",
+        "T@100",
     ]
     assert result["T@1"] == 0.0 and result["T@5"] == 1.0 and result["T@100"] == 1.0
     assert metrics.FIR_KS == (1, 5, 10, 20, 50, 100)

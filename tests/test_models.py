@@ -64,11 +64,20 @@ def _tiny_manipulator(embedder=None, **kwargs):
     """The paper's manipulator (MLP G, partners, no terms of ours) unless kwargs say otherwise;
     tests/test_manipulator.py covers the memory G and the retrieval term."""
     embedder = embedder or _tiny_embedder()
-    settings = dict(generator="mlp", target_sampling="partner", adversarial=True, adv_weight=1.0,
-                    match_weight=1.0, cycle_weight=10.0, teacher_weight=0.0, retrieval_weight=0.0)
+    settings = dict(
+        generator="mlp",
+        target_sampling="partner",
+        adversarial=True,
+        adv_weight=1.0,
+        match_weight=1.0,
+        cycle_weight=10.0,
+        teacher_weight=0.0,
+        retrieval_weight=0.0,
+    )
     settings.update(kwargs)
-    return FeatureManipulator(embedder, D, embedding_dim=K, g_hidden=(16,), d_hidden=(16,),
-                              **settings)
+    return FeatureManipulator(
+        embedder, D, embedding_dim=K, g_hidden=(16,), d_hidden=(16,), **settings
+    )
 
 
 # ------------------------------------------------------------------------------- backbones
@@ -84,9 +93,11 @@ def test_small_cnn_shape_and_scaling():
 @pytest.mark.parametrize("name", ["resnet50", "densenet121", "inception_resnet_v2"])
 def test_imagenet_preprocessing_matches_keras_applications(name):
     images = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype("float32")
-    module = {"resnet50": keras.applications.resnet50,
-              "densenet121": keras.applications.densenet,
-              "inception_resnet_v2": keras.applications.inception_resnet_v2}[name]
+    module = {
+        "resnet50": keras.applications.resnet50,
+        "densenet121": keras.applications.densenet,
+        "inception_resnet_v2": keras.applications.inception_resnet_v2,
+    }[name]
     expected = module.preprocess_input(images.copy())
     np.testing.assert_allclose(ImagenetPreprocessing(name)(images), expected, rtol=1e-6)
 
@@ -183,14 +194,22 @@ def test_feature_extractor_attribute_term_against_numpy_and_training():
     labels[::3, 1] = -1  # missing labels
     labels[:, 2] = -1  # a type with no label at all contributes 0
     labels = labels.astype(np.int32)
-    model = FeatureExtractor(feature_dim=16, image_size=16, num_ce_classes=3,
-                             attribute_weight=0.5, attribute_classes=(2, 3, 2))
+    model = FeatureExtractor(
+        feature_dim=16,
+        image_size=16,
+        num_ce_classes=3,
+        attribute_weight=0.5,
+        attribute_classes=(2, 3, 2),
+    )
     f = model(images).numpy()
     expected = []
     for t, head in enumerate(model.attribute_heads):
         w = head.kernel.numpy()
-        logits = 16.0 * (f / np.linalg.norm(f, axis=1, keepdims=True)) @ (
-            w / np.linalg.norm(w, axis=0, keepdims=True))
+        logits = (
+            16.0
+            * (f / np.linalg.norm(f, axis=1, keepdims=True))
+            @ (w / np.linalg.norm(w, axis=0, keepdims=True))
+        )
         known = labels[:, t] >= 0
         log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
         expected.append(-log_p[known, labels[known, t]].mean() if known.any() else 0.0)
@@ -198,8 +217,12 @@ def test_feature_extractor_attribute_term_against_numpy_and_training():
     np.testing.assert_allclose(got, np.mean(expected), rtol=1e-4)
 
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
-    ds = tf.data.Dataset.zip((tf.data.Dataset.from_tensor_slices((images, targets)).batch(16),
-                              tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)))
+    ds = tf.data.Dataset.zip(
+        (
+            tf.data.Dataset.from_tensor_slices((images, targets)).batch(16),
+            tf.data.Dataset.from_tensor_slices((images, labels)).batch(16),
+        )
+    )
     before = model.evaluate(ds, verbose=0, return_dict=True)
     no_attr = FeatureExtractor.from_config({**model.get_config(), "attribute_weight": 0.0})
     by_path = {w.path: w for w in model.weights}
@@ -208,8 +231,9 @@ def test_feature_extractor_attribute_term_against_numpy_and_training():
     no_attr.compile(optimizer=keras.optimizers.Adam(1e-2))
     plain = no_attr.evaluate(images, targets, batch_size=16, verbose=0, return_dict=True)
     # loss = CE + triplet + 0.5 * attribute (the same CE and triplet as without the term).
-    np.testing.assert_allclose(before["loss"], plain["loss"] + 0.5 * before["attribute_loss"],
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        before["loss"], plain["loss"] + 0.5 * before["attribute_loss"], rtol=1e-4
+    )
     history = model.fit(ds, epochs=20, verbose=0)
     after = model.evaluate(ds, verbose=0, return_dict=True)
     assert "attribute_loss" in history.history
@@ -239,7 +263,7 @@ def test_attribute_embedder_outputs():
     assert out.shape == (6, 3 * K)
     embedded = model.embed(features)
     for i, attribute in enumerate(ATTRIBUTE_TYPES):  # blocks in ATTRIBUTE_TYPES order, unit norm
-        np.testing.assert_allclose(out[:, i * K:(i + 1) * K], embedded[attribute], rtol=1e-6)
+        np.testing.assert_allclose(out[:, i * K : (i + 1) * K], embedded[attribute], rtol=1e-6)
         np.testing.assert_allclose(_norms(embedded[attribute]), 1.0, rtol=1e-5)
         assert model.dictionary(attribute).shape == (NUM_CLASSES[attribute], K)
         np.testing.assert_allclose(_norms(model.dictionary(attribute)), 1.0, rtol=1e-5)
@@ -297,8 +321,11 @@ def test_attribute_embedder_loss_is_eq2():
     embedded = model.embed(features)
     expected = 0.0
     for i, attribute in enumerate(ATTRIBUTE_TYPES):
-        value = float(losses.embedder_triplet_loss(
-            labels[:, i], embedded[attribute], model.dictionaries[attribute], margin=0.2))
+        value = float(
+            losses.embedder_triplet_loss(
+                labels[:, i], embedded[attribute], model.dictionaries[attribute], margin=0.2
+            )
+        )
         np.testing.assert_allclose(result[f"{attribute}_loss"], value, rtol=1e-5)
         expected += value
     np.testing.assert_allclose(result["loss"], expected, rtol=1e-5)
@@ -345,8 +372,9 @@ def test_select_partners_online_sampling_by_hand():
     # Without online sampling, the partner is a uniformly drawn valid one.
     seen = set()
     for i in range(30):
-        partner, valid = select_partners(e, classes, target, online_sampling=False,
-                                         seed=tf.constant([i, 0]))
+        partner, valid = select_partners(
+            e, classes, target, online_sampling=False, seed=tf.constant([i, 0])
+        )
         assert int(partner[0]) in (2, 3)
         seen.add(int(partner[0]))
     assert seen == {2, 3}
@@ -354,8 +382,9 @@ def test_select_partners_online_sampling_by_hand():
 
 def test_manipulator_config_and_save_with_nested_embedder(tmp_path):
     embedder = _tiny_embedder()
-    model = _tiny_manipulator(embedder, matching="S", adversarial=False, online_sampling=False,
-                              cycle_weight=5.0, seed=3)
+    model = _tiny_manipulator(
+        embedder, matching="S", adversarial=False, online_sampling=False, cycle_weight=5.0, seed=3
+    )
     assert not model.embedder.trainable
     config = model.get_config()
     clone = FeatureManipulator.from_config(config)
@@ -369,7 +398,9 @@ def test_manipulator_config_and_save_with_nested_embedder(tmp_path):
     np.testing.assert_allclose(loaded((x, e, a)), model((x, e, a)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(loaded.embedder(x), model.embedder(x), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
-        loaded.manipulate(x, "color", "red"), model.manipulate(x, "color", "red"), rtol=1e-5,
+        loaded.manipulate(x, "color", "red"),
+        model.manipulate(x, "color", "red"),
+        rtol=1e-5,
         atol=1e-6,
     )
 
@@ -378,8 +409,9 @@ def test_manipulate_api():
     model = _tiny_manipulator()
     x, _ = _separable_features(3)
     red = CLASSES["color"].index("red")
-    expected = model.generator((x, tf.repeat(model.embedder.dictionary("color")[red:red + 1], 3, 0),
-                                tf.fill([3], 1)))
+    expected = model.generator(
+        (x, tf.repeat(model.embedder.dictionary("color")[red : red + 1], 3, 0), tf.fill([3], 1))
+    )
     out = model.manipulate(x, "color", "red")
     np.testing.assert_allclose(out, expected, rtol=1e-6)
     np.testing.assert_allclose(_norms(out), 1.0, rtol=1e-5)
@@ -414,8 +446,13 @@ def test_manipulator_training_lowers_generator_losses():
     history = model.fit(features, target, batch_size=32, epochs=30, verbose=0)
     after = model.evaluate(features, target, batch_size=32, verbose=0, return_dict=True)
     assert set(history.history) == {
-        "d_loss", "g_loss", "adv_loss", "match_loss", "cycle_loss", "retrieval_loss",
-        "cycle_cosine"
+        "d_loss",
+        "g_loss",
+        "adv_loss",
+        "match_loss",
+        "cycle_loss",
+        "retrieval_loss",
+        "cycle_cosine",
     }
     assert after["g_loss"] < before["g_loss"]
     assert after["cycle_loss"] < before["cycle_loss"]
@@ -434,8 +471,10 @@ def test_adversarial_off_leaves_real_fake_branch_untouched():
     assert result["adv_loss"] == [0.0, 0.0]
     for before, after in zip(head, model.discriminator.logit_head.weights):
         np.testing.assert_array_equal(before, after)
-    assert any(not np.array_equal(b, a) for b, a in zip(matching,
-                                                         model.discriminator.matching_head.weights))
+    assert any(
+        not np.array_equal(b, a)
+        for b, a in zip(matching, model.discriminator.matching_head.weights)
+    )
 
     on = _compiled(_tiny_manipulator(adversarial=True))
     on.set_weights(model.get_weights())
@@ -495,8 +534,9 @@ def test_baseline_train_represent_prototypes_manipulate(cls, tmp_path):
 
     counts = model.fit_prototypes(features, labels)
     shape_class = labels[:, 0] == 1
-    np.testing.assert_allclose(model.prototypes["shape"][1], blocks[shape_class, 0].mean(axis=0),
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        model.prototypes["shape"][1], blocks[shape_class, 0].mean(axis=0), rtol=1e-4, atol=1e-6
+    )
     assert counts["shape"][1] == shape_class.sum() and counts["shape"][5] == 0
 
     manipulated = np.asarray(model.manipulate(r[:2], [0, 2], [1, 0]))

@@ -70,8 +70,12 @@ def free_ports(n):
 
 
 def tf_config(ports, index):
-    return json.dumps({"cluster": {"worker": [f"localhost:{p}" for p in ports]},
-                       "task": {"type": "worker", "index": index}})
+    return json.dumps(
+        {
+            "cluster": {"worker": [f"localhost:{p}" for p in ports]},
+            "task": {"type": "worker", "index": index},
+        }
+    )
 
 
 class Cluster:
@@ -84,8 +88,11 @@ class Cluster:
         for i in range(tasks):
             env = {**os.environ, "TF_CONFIG": tf_config(ports, i), "TF_CPP_MIN_LOG_LEVEL": "2"}
             with open(self.logs[i], "w") as log:
-                self.procs.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=log,
-                                                   stderr=subprocess.STDOUT))
+                self.procs.append(
+                    subprocess.Popen(
+                        command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+                    )
+                )
 
     def output(self, i):
         with open(self.logs[i], errors="replace") as f:
@@ -98,8 +105,12 @@ class Cluster:
             return [p.wait(timeout=max(1.0, deadline - time.time())) for p in self.procs]
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError("the cluster timed out:\n" + "\n".join(
-                f"--- task {i}:\n{self.output(i)[-3000:]}" for i in range(len(self.procs))))
+            raise AssertionError(
+                "the cluster timed out:\n"
+                + "\n".join(
+                    f"--- task {i}:\n{self.output(i)[-3000:]}" for i in range(len(self.procs))
+                )
+            )
 
     def kill(self):
         for p in self.procs:
@@ -109,7 +120,8 @@ class Cluster:
 
     def assert_succeeded(self, codes):
         assert codes == [0] * len(codes), "\n".join(
-            f"--- task {i} (exit {c}):\n{self.output(i)[-4000:]}" for i, c in enumerate(codes))
+            f"--- task {i} (exit {c}):\n{self.output(i)[-4000:]}" for i, c in enumerate(codes)
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -122,7 +134,7 @@ def _smoke_models():
     import keras
 
     from flam_tf import config as config_lib
-    from flam_tf import stages, vocabulary
+    from flam_tf import methods, stages, vocabulary
     from flam_tf.models import AttributeEmbedder, FeatureExtractor, FeatureManipulator
 
     smoke = config_lib.get_preset("smoke")
@@ -137,8 +149,10 @@ def _smoke_models():
     attribute_images = rng.uniform(0, 255, images.shape).astype("float32")
     labels = rng.integers(0, 3, (GLOBAL_BATCH, 3)).astype("int32")
     labels[half:][rng.uniform(size=(half, 3)) < 0.6] = -1  # the second half: mostly missing
-    extractor_batch = ((images, {"instance": np.arange(GLOBAL_BATCH, dtype="int32"),
-                                 "ce_class": ce_class}), (attribute_images, labels))
+    extractor_batch = (
+        (images, {"instance": np.arange(GLOBAL_BATCH, dtype="int32"), "ce_class": ce_class}),
+        (attribute_images, labels),
+    )
 
     features = rng.normal(size=(half, feature_dim)).astype("float32")
     features /= np.linalg.norm(features, axis=1, keepdims=True)
@@ -148,17 +162,26 @@ def _smoke_models():
 
     def extractor():
         keras.utils.set_random_seed(0)
-        return FeatureExtractor(backbone=e.backbone, pooling=e.pooling, feature_dim=feature_dim,
-                                image_size=d.image_size, num_ce_classes=8, margin=e.margin,
-                                triplet_weight=0.0, attribute_weight=e.attribute_weight,
-                                attribute_classes=[vocabulary.NUM_CLASSES[a]
-                                                   for a in vocabulary.ATTRIBUTE_TYPES])
+        return FeatureExtractor(
+            backbone=e.backbone,
+            pooling=e.pooling,
+            feature_dim=feature_dim,
+            image_size=d.image_size,
+            num_ce_classes=8,
+            margin=e.margin,
+            triplet_weight=0.0,
+            attribute_weight=e.attribute_weight,
+            attribute_classes=[vocabulary.NUM_CLASSES[a] for a in vocabulary.ATTRIBUTE_TYPES],
+        )
 
     def embedder():
         keras.utils.set_random_seed(1)
-        return AttributeEmbedder(feature_dim, embedding_dim=smoke.embedder.embedding_dim,
-                                 hidden_units=smoke.embedder.hidden_units,
-                                 margin=smoke.embedder.margin)
+        return AttributeEmbedder(
+            feature_dim,
+            embedding_dim=smoke.embedder.embedding_dim,
+            hidden_units=smoke.embedder.hidden_units,
+            margin=smoke.embedder.margin,
+        )
 
     def manipulator(variant):
         def build():
@@ -166,14 +189,21 @@ def _smoke_models():
             keras.utils.set_random_seed(2)
             settings = stages.manipulator_settings(m, variant)
             settings["target_sampling"] = "partner"  # FLAM's uniform draw is seeded per replica
-            model = FeatureManipulator(frozen, feature_dim, embedding_dim=frozen.embedding_dim,
-                                       g_hidden=(m.g_hidden, m.g_hidden),
-                                       d_hidden=(m.d_hidden, m.d_hidden), seed=0, **settings)
+            model = FeatureManipulator(
+                frozen,
+                feature_dim,
+                embedding_dim=frozen.embedding_dim,
+                g_hidden=(m.g_hidden, m.g_hidden),
+                d_hidden=(m.d_hidden, m.d_hidden),
+                seed=0,
+                **settings,
+            )
             pseudo = model.pseudo_labels(features)
             model.initialize_memory(features, pseudo)
             if model.retrieval_weight:
                 model.set_retrieval_bank(features, pseudo)
             return model
+
         return build
 
     def sgd(rate):
@@ -185,8 +215,8 @@ def _smoke_models():
     return {
         "extractor": (extractor, sgd(0.1), extractor_batch),
         "embedder": (embedder, sgd(0.5), (features, attribute_labels)),
-        "manipulator": (manipulator(stages.FLAM), gan, (features, targets)),
-        "manipulator_paper": (manipulator(stages.FLAM_PAPER), gan, (features, targets)),
+        "manipulator": (manipulator(methods.FLAM), gan, (features, targets)),
+        "manipulator_paper": (manipulator(methods.FLAM_PAPER), gan, (features, targets)),
     }
 
 
@@ -209,9 +239,11 @@ def _step_worker(out_dir):
     strategy = distribute.get_strategy("multi_worker")  # before TensorFlow runs any op
     cluster = distribute.Cluster(strategy)
     initial = np.load(os.path.join(out_dir, "initial.npz"))
-    out = {"replicas": np.array(strategy.num_replicas_in_sync),
-           "is_chief": np.array(cluster.is_chief),
-           "chief_value": np.array(cluster.chief_value("who", lambda: cluster.task))}
+    out = {
+        "replicas": np.array(strategy.num_replicas_in_sync),
+        "is_chief": np.array(cluster.is_chief),
+        "chief_value": np.array(cluster.chief_value("who", lambda: cluster.task)),
+    }
     for kind, (build, compile_fn, batch) in _smoke_models().items():
         with strategy.scope():
             model = build()
@@ -220,7 +252,8 @@ def _step_worker(out_dir):
         model.set_weights([initial[f"{kind}/{i}"] for i in range(count)])
         dataset = _one_batch(batch)
         local = strategy.experimental_local_results(
-            next(iter(strategy.experimental_distribute_dataset(dataset))))
+            next(iter(strategy.experimental_distribute_dataset(dataset)))
+        )
         out[f"{kind}/slice"] = np.concatenate([_first_leaf(v).numpy() for v in local])
         distribute.fit(model, dataset, epochs=1, verbose=0)
         for i, w in enumerate(model.get_weights()):
@@ -259,7 +292,7 @@ def test_one_step_on_two_workers_equals_one_process(tmp_path):
     for kind, (_, _, batch) in models.items():
         rows = _first_leaf(batch)
         for w, task in enumerate(tasks):  # worker w: rows [w B/2, (w+1) B/2) of the batch
-            np.testing.assert_array_equal(task[f"{kind}/slice"], rows[w * half:(w + 1) * half])
+            np.testing.assert_array_equal(task[f"{kind}/slice"], rows[w * half : (w + 1) * half])
         changed, worst = 0, 0.0
         for i, want in enumerate(reference[kind]):
             w0 = initial[f"{kind}/{i}"]
@@ -268,9 +301,13 @@ def test_one_step_on_two_workers_equals_one_process(tmp_path):
             np.testing.assert_array_equal(got, tasks[1][f"{kind}/{i}"], err_msg=f"{kind} {i}")
             scale = float(np.max(np.abs(want - w0))) if w0.size else 0.0
             rounding = 4 * float(np.finfo(np.float32).eps) * float(np.max(np.abs(w0), initial=0))
-            np.testing.assert_allclose(got - w0, want - w0, rtol=RTOL,
-                                       atol=RTOL * scale + rounding + 1e-12,
-                                       err_msg=f"{kind} weight {i}")
+            np.testing.assert_allclose(
+                got - w0,
+                want - w0,
+                rtol=RTOL,
+                atol=RTOL * scale + rounding + 1e-12,
+                err_msg=f"{kind} weight {i}",
+            )
             changed += int(not np.array_equal(want, w0))
             if scale:
                 worst = max(worst, float(np.max(np.abs((got - w0) - (want - w0)))) / scale)
@@ -283,8 +320,16 @@ def test_one_step_on_two_workers_equals_one_process(tmp_path):
 
 
 def _train_command(run_dir, stages, *overrides):
-    return [sys.executable, "-m", "flam_tf.train", "--preset=smoke", f"--run_dir={run_dir}",
-            "--strategy=multi_worker", f"--stages={','.join(stages)}", *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "flam_tf.train",
+        "--preset=smoke",
+        f"--run_dir={run_dir}",
+        "--strategy=multi_worker",
+        f"--stages={','.join(stages)}",
+        *overrides,
+    ]
 
 
 def _stages_json(run_dir):
@@ -301,8 +346,11 @@ def _kill_worker_after_backup(cluster, backup, timeout=400):
     deadline = time.time() + timeout
     while not os.path.isdir(backup):
         codes = [p.poll() for p in cluster.procs]
-        assert codes == [None, None], f"a task ended before {backup}: {codes}\n" + \
-            cluster.output(0)[-3000:] + cluster.output(1)[-3000:]
+        assert codes == [None, None], (
+            f"a task ended before {backup}: {codes}\n"
+            + cluster.output(0)[-3000:]
+            + cluster.output(1)[-3000:]
+        )
         assert time.time() < deadline, f"no {backup} after {timeout} s"
         time.sleep(0.02)
     cluster.procs[1].send_signal(signal.SIGKILL)
@@ -329,8 +377,7 @@ def _scratch_dirs(run_dir):
     import zlib
 
     digest = zlib.crc32(os.path.abspath(run_dir).encode("utf-8"))
-    return [os.path.join(tempfile.gettempdir(), f"flam_tf-worker{i}-{digest:08x}")
-            for i in (1,)]
+    return [os.path.join(tempfile.gettempdir(), f"flam_tf-worker{i}-{digest:08x}") for i in (1,)]
 
 
 def test_cluster_killed_in_a_stage_resumes_from_its_backup(tmp_path):
@@ -340,7 +387,8 @@ def test_cluster_killed_in_a_stage_resumes_from_its_backup(tmp_path):
     command = _train_command(run_dir, ["data", "extractor"], "--extractor_steps_per_epoch=6")
     first = Cluster(command, str(tmp_path), tag="first")
     code, seconds = _kill_worker_after_backup(
-        first, os.path.join(run_dir, "checkpoints", "extractor", "epoch-00001"))
+        first, os.path.join(run_dir, "checkpoints", "extractor", "epoch-00001")
+    )
     chief = first.output(0)
     assert code == 3 and "flam_tf.train: cluster error:" in chief, chief[-3000:]
     print(f"the chief stopped {seconds:.1f} s after worker 1 was killed")
@@ -379,13 +427,13 @@ def test_smoke_pipeline_killed_and_resumed_equals_an_uninterrupted_cluster_run(t
     every_pass = "--runtime_min_steps_per_epoch=1"  # a backup per pass: a kill between two
     first = Cluster(_train_command(run_dir, all_stages, every_pass), str(tmp_path), tag="first")
     code, _ = _kill_worker_after_backup(
-        first, os.path.join(run_dir, "checkpoints", "manipulator", "epoch-00001"), timeout=900)
+        first, os.path.join(run_dir, "checkpoints", "manipulator", "epoch-00001"), timeout=900
+    )
     assert code == 3, first.output(0)[-3000:]
     before = _stages_json(run_dir)
     assert list(before) == ["data", "extractor", "features", "embedders"]
 
-    second = Cluster(_train_command(run_dir, all_stages, every_pass), str(tmp_path),
-                     tag="second")
+    second = Cluster(_train_command(run_dir, all_stages, every_pass), str(tmp_path), tag="second")
     second.assert_succeeded(second.wait(timeout=900))
     for i in range(2):
         out = second.output(i)
@@ -396,8 +444,7 @@ def test_smoke_pipeline_killed_and_resumed_equals_an_uninterrupted_cluster_run(t
     assert all(after[s] == before[s] for s in before)
     assert list(after) == all_stages
 
-    clean = Cluster(_train_command(clean_dir, all_stages, every_pass), str(tmp_path),
-                    tag="clean")
+    clean = Cluster(_train_command(clean_dir, all_stages, every_pass), str(tmp_path), tag="clean")
     clean.assert_succeeded(clean.wait(timeout=900))
     from test_resume import assert_same_report  # every report value, timings aside
 
@@ -412,16 +459,21 @@ def test_smoke_pipeline_killed_and_resumed_equals_an_uninterrupted_cluster_run(t
 def test_tf_config_from_slurm(monkeypatch, capsys):
     """`python -m flam_tf.distribute slurm` in task 3 of a 2-node x 2-task Slurm step."""
     from flam_tf import distribute
+    from flam_tf.distribute import resolvers
 
-    for name, value in {"SLURM_PROCID": "3", "SLURM_STEP_NUM_TASKS": "4",
-                        "SLURM_STEP_NODELIST": "node[1-2]",
-                        "SLURM_STEP_TASKS_PER_NODE": "2(x2)"}.items():
+    for name, value in {
+        "SLURM_PROCID": "3",
+        "SLURM_STEP_NUM_TASKS": "4",
+        "SLURM_STEP_NODELIST": "node[1-2]",
+        "SLURM_STEP_TASKS_PER_NODE": "2(x2)",
+    }.items():
         monkeypatch.setenv(name, value)
-    distribute._main(["slurm", "--port=12345"])
+    resolvers._main(["slurm", "--port=12345"])
     config = json.loads(capsys.readouterr().out)
-    assert config == {"cluster": {"worker": ["node1:12345", "node1:12346", "node2:12345",
-                                             "node2:12346"]},
-                      "task": {"type": "worker", "index": 3}}
+    assert config == {
+        "cluster": {"worker": ["node1:12345", "node1:12346", "node2:12345", "node2:12346"]},
+        "task": {"type": "worker", "index": 3},
+    }
     assert not distribute.is_chief_task(json.dumps(config))
 
 
@@ -433,10 +485,15 @@ def test_tf_config_from_kubernetes():
     import tensorflow as tf
 
     from flam_tf import distribute
+    from flam_tf.distribute import resolvers
 
-    pods = [SimpleNamespace(metadata=SimpleNamespace(name=f"flam-{i}"),
-                            status=SimpleNamespace(phase="Running", host_ip=f"10.0.0.{i + 1}"))
-            for i in (1, 0)]
+    pods = [
+        SimpleNamespace(
+            metadata=SimpleNamespace(name=f"flam-{i}"),
+            status=SimpleNamespace(phase="Running", host_ip=f"10.0.0.{i + 1}"),
+        )
+        for i in (1, 0)
+    ]
 
     class Client:
         def list_pod_for_all_namespaces(self, label_selector):
@@ -444,12 +501,15 @@ def test_tf_config_from_kubernetes():
             return SimpleNamespace(items=pods)
 
     resolver = tf.distribute.cluster_resolver.KubernetesClusterResolver(
-        {"worker": ["app=flam"]}, tf_server_port=2222, override_client=Client())
+        {"worker": ["app=flam"]}, tf_server_port=2222, override_client=Client()
+    )
     cluster = resolver.cluster_spec().as_dict()
     assert cluster == {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]}
-    task = distribute._own_task(cluster, addresses={"10.0.0.2"})
+    task = resolvers._own_task(cluster, addresses={"10.0.0.2"})
     assert json.loads(distribute.tf_config_from_resolver(resolver, *task)) == {
-        "cluster": cluster, "task": {"type": "worker", "index": 1}}
+        "cluster": cluster,
+        "task": {"type": "worker", "index": 1},
+    }
     with pytest.raises(ValueError, match="does not know this task"):
         distribute.tf_config_from_resolver(resolver)
 

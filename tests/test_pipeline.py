@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from flam_tf.data import manifest as manifest_lib
-from flam_tf.data import pipeline
-from flam_tf.data import synthetic
+from flam_tf.data import pipeline, synthetic
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +17,9 @@ def bench(tmp_path_factory):
 def test_pk_batches_hold_p_instances_with_k_images_each(bench):
     m, config = bench
     train = m.split("extractor_train")
-    ds, info = pipeline.pk_dataset(train, 24, instances_per_batch=4, images_per_instance=3,
-                                   num_ce_classes=5, seed=1)
+    ds, info = pipeline.pk_dataset(
+        train, 24, instances_per_batch=4, images_per_instance=3, num_ce_classes=5, seed=1
+    )
     for images, labels in ds.take(3):
         assert images.shape == (12, 24, 24, 3)
         ids, counts = np.unique(labels["instance"].numpy(), return_counts=True)
@@ -44,9 +44,13 @@ def test_pk_dataset_is_deterministic_for_a_seed(bench):
 
 
 def test_instance_labels_pick_the_most_frequent_ids():
-    m = manifest_lib.Manifest({
-        "path": np.array(["a", "b", "c", "d", "e", "f"]),
-        "instance_id": np.array(["x", "y", "y", "z", "z", "z"])}, "")
+    m = manifest_lib.Manifest(
+        {
+            "path": np.array(["a", "b", "c", "d", "e", "f"]),
+            "instance_id": np.array(["x", "y", "y", "z", "z", "z"]),
+        },
+        "",
+    )
     instance, ce_class, n = pipeline.instance_labels(m, num_ce_classes=2)
     assert n == 3
     # z has 3 images (class 0), y has 2 (class 1), x is not among the top 2.
@@ -60,8 +64,9 @@ def test_image_dataset_decodes_in_manifest_order(bench):
     m, _ = bench
     first = next(iter(pipeline.image_dataset(m, 24, batch_size=5))).numpy()
     for i in range(5):
-        np.testing.assert_allclose(first[i], np.asarray(Image.open(m.absolute_paths()[i])),
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            first[i], np.asarray(Image.open(m.absolute_paths()[i])), atol=1e-4
+        )
 
 
 def test_pk_dataset_refuses_too_few_instances(bench):
@@ -103,8 +108,7 @@ def test_decode_cache_gives_the_same_batches_as_decoding_files(bench):
     decoded = pipeline.decode_cache(train, 24, budget_bytes=2**30)
     assert decoded.dtype == np.uint8 and decoded.shape == (len(train), 24, 24, 3)
     from_files, _ = pipeline.pk_dataset(train, 24, 4, 2, 5, seed=3, skip_batches=2)
-    from_cache, _ = pipeline.pk_dataset(train, 24, 4, 2, 5, seed=3, skip_batches=2,
-                                        decoded=decoded)
+    from_cache, _ = pipeline.pk_dataset(train, 24, 4, 2, 5, seed=3, skip_batches=2, decoded=decoded)
     for (a, la), (b, lb) in zip(from_files.take(3), from_cache.take(3)):
         np.testing.assert_array_equal(la["instance"].numpy(), lb["instance"].numpy())
         np.testing.assert_array_equal(la["ce_class"].numpy(), lb["ce_class"].numpy())
@@ -112,8 +116,7 @@ def test_decode_cache_gives_the_same_batches_as_decoding_files(bench):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-3)
     labels = np.arange(len(train) * 3, dtype=np.int32).reshape(-1, 3)
     files = pipeline.labelled_dataset(train, labels, 24, 8, seed=1, skip_batches=1)
-    cache = pipeline.labelled_dataset(train, labels, 24, 8, seed=1, skip_batches=1,
-                                      decoded=decoded)
+    cache = pipeline.labelled_dataset(train, labels, 24, 8, seed=1, skip_batches=1, decoded=decoded)
     for (a, la), (b, lb) in zip(files.take(2), cache.take(2)):
         np.testing.assert_array_equal(la.numpy(), lb.numpy())
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-3)

@@ -28,11 +28,16 @@ IMAGES = [
     {CATEGORY: 2, COLOR: 3, PATTERN: 0, GENDER: 0},  # 2: 0 with category 2
     {CATEGORY: 1, COLOR: 3, PATTERN: 4, GENDER: 0},  # 3: 0 with pattern 4
     {CATEGORY: 1, COLOR: 3, PATTERN: 0, GENDER: 1},  # 4: 0 with gender 1
-    {CATEGORY: 1, COLOR: 5, PATTERN: 0},             # 5: like 1, gender missing
+    {CATEGORY: 1, COLOR: 5, PATTERN: 0},  # 5: like 1, gender missing
 ]
 # (reference, attribute, target value, target image): ADDE's queries, gt = the target's labels.
-QUERIES = [(0, COLOR, 5, 1), (0, CATEGORY, 2, 2), (0, PATTERN, 4, 3), (0, GENDER, 1, 4),
-           (1, COLOR, 3, 0)]
+QUERIES = [
+    (0, COLOR, 5, 1),
+    (0, CATEGORY, 2, 2),
+    (0, PATTERN, 4, 3),
+    (0, GENDER, 1, 4),
+    (1, COLOR, 3, 0),
+]
 
 
 def onehot(labels, attr_num=SHOPPING_ATTR_NUM):
@@ -49,8 +54,15 @@ def line(values):
     return " ".join(str(v) for v in values)
 
 
-def write_split(root, name="Shopping100k", images=IMAGES, queries=QUERIES, newline="\n",
-                encoding="utf-8", edit=None):
+def write_split(
+    root,
+    name="Shopping100k",
+    images=IMAGES,
+    queries=QUERIES,
+    newline="\n",
+    encoding="utf-8",
+    edit=None,
+):
     """Writes the six ADDE test files; `edit(files)` may change their lines first."""
     directory = os.path.join(root, name)
     os.makedirs(directory, exist_ok=True)
@@ -59,8 +71,9 @@ def write_split(root, name="Shopping100k", images=IMAGES, queries=QUERIES, newli
         "imgs_test.txt": [f"Images/Female/{i}.jpg" for i in range(len(images))],
         "labels_test.txt": [line(onehot(labels)) for labels in images],
         "ref_test.txt": [str(q[0]) for q in queries],
-        "indfull_test.txt": [line(np.subtract(onehot(images[t]), onehot(images[r])))
-                             for r, _, _, t in queries],
+        "indfull_test.txt": [
+            line(np.subtract(onehot(images[t]), onehot(images[r]))) for r, _, _, t in queries
+        ],
         "gt_test.txt": [line(onehot(images[t])) for _, _, _, t in queries],
     }
     if edit:
@@ -82,15 +95,21 @@ def test_read_maps_one_hot_rows_and_queries(tmp_path):
     assert split.target_attribute.tolist() == [COLOR, CATEGORY, PATTERN, GENDER, COLOR]
     assert split.target_value.tolist() == [5, 2, 4, 1, 3]
     assert split.gt_labels[1].tolist() == split.labels[2].tolist()
-    assert split.query_counts() == {"shape": 1, "color": 2, "pattern": 1, "all": 4,
-                                    "all_attributes": 5}
+    assert split.query_counts() == {
+        "shape": 1,
+        "color": 2,
+        "pattern": 1,
+        "all": 4,
+        "all_attributes": 5,
+    }
 
 
 def test_unknown_data_set_needs_attribute_index(tmp_path):
     split = read_adde_split(write_split(str(tmp_path), name="DeepFashion"))
     assert split.attribute_index == {} and split.query_counts()["all"] == 0
-    split = read_adde_split(write_split(str(tmp_path), name="DeepFashion"),
-                            attribute_index={"color": 2})
+    split = read_adde_split(
+        write_split(str(tmp_path), name="DeepFashion"), attribute_index={"color": 2}
+    )
     assert split.query_counts()["color"] == 2
     with pytest.raises(ValueError, match=r"attribute_index\['color'\] = 12 out of range 0..11"):
         read_adde_split(str(tmp_path / "DeepFashion"), attribute_index={"color": 12})
@@ -104,11 +123,17 @@ def test_top_k_counts_hits_on_all_attributes_as_adde(tmp_path):
         # Color queries go to image 5 first (right color, gender missing: not the target labels),
         # then to the exact target; the others straight to their target.
         out = []
-        for q, (r, a, v, t) in enumerate([q for q in QUERIES if q[1] == {"shape": CATEGORY,
-                                          "color": COLOR, "pattern": PATTERN}[attribute]]):
+        for q, (r, a, v, t) in enumerate(
+            [
+                q
+                for q in QUERIES
+                if q[1] == {"shape": CATEGORY, "color": COLOR, "pattern": PATTERN}[attribute]
+            ]
+        ):
             assert values[q] == v and np.array_equal(ref_features[q], gallery[r])
-            out.append(gallery[5] * 2 + gallery[t] if attribute == "color" and t == 1
-                       else gallery[t])
+            out.append(
+                gallery[5] * 2 + gallery[t] if attribute == "color" and t == 1 else gallery[t]
+            )
         return np.stack(out)
 
     scores = adde_top_k_accuracy(split, gallery, oracle, ks=(1, 2, 30))
@@ -127,41 +152,58 @@ def test_top_k_counts_hits_on_all_attributes_as_adde(tmp_path):
 def _set(name, index, text):
     def edit(files):
         files[name][index] = text
+
     return edit
 
 
 def _drop(name):
     def edit(files):
         files[name].pop()
+
     return edit
 
 
 WIDTH = sum(SHOPPING_ATTR_NUM)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (_set("attr_num.txt", 1, "x"), r"attr_num.txt: line 2: expected integers"),
-    (_set("attr_num.txt", 1, "0"), r"attr_num.txt: expected positive counts"),
-    (_set("labels_test.txt", 2, "0 1"), r"labels_test.txt: line 3: expected 151 integers"),
-    (_set("labels_test.txt", 2, line([2] + [0] * (WIDTH - 1))),
-     r"labels_test.txt: line 3: value 2 not in \[0, 1\]"),
-    (_set("labels_test.txt", 2, line([1, 1] + [0] * (WIDTH - 2))),
-     r"labels_test.txt: line 3: attribute 0 has 2 values set"),
-    (_drop("labels_test.txt"), r"labels_test.txt: 5 label rows but 6 images"),
-    (_set("ref_test.txt", 1, "6"), r"ref_test.txt: line 2: expected one image index in 0..5"),
-    (_set("ref_test.txt", 1, "1 2"), r"ref_test.txt: line 2: expected one image index"),
-    (_drop("ref_test.txt"), r"indfull_test.txt: 5 queries but 4 in .*ref_test.txt"),
-    (_drop("gt_test.txt"), r"gt_test.txt: 4 queries but 5 in .*ref_test.txt"),
-    (_set("indfull_test.txt", 0, line([0] * WIDTH)),
-     r"indfull_test.txt: line 1: expected one \+1 and changes within one attribute"),
-    (_set("indfull_test.txt", 0, line([-1] + [0] * 16 + [1] + [0] * (WIDTH - 18))),
-     r"indfull_test.txt: line 1: expected one \+1 and changes within one attribute"),
-    (_set("indfull_test.txt", 0, line([0] * (WIDTH - 1) + [-2])),
-     r"indfull_test.txt: line 1: value -2 not in \[-1, 0, 1\]"),
-    (_set("gt_test.txt", 0, line(onehot(IMAGES[0]))),
-     r"gt_test.txt: line 1: target value 5 of attribute 2 \(from .*indfull_test.txt: line 1\) "
-     r"is not set"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_set("attr_num.txt", 1, "x"), r"attr_num.txt: line 2: expected integers"),
+        (_set("attr_num.txt", 1, "0"), r"attr_num.txt: expected positive counts"),
+        (_set("labels_test.txt", 2, "0 1"), r"labels_test.txt: line 3: expected 151 integers"),
+        (
+            _set("labels_test.txt", 2, line([2] + [0] * (WIDTH - 1))),
+            r"labels_test.txt: line 3: value 2 not in \[0, 1\]",
+        ),
+        (
+            _set("labels_test.txt", 2, line([1, 1] + [0] * (WIDTH - 2))),
+            r"labels_test.txt: line 3: attribute 0 has 2 values set",
+        ),
+        (_drop("labels_test.txt"), r"labels_test.txt: 5 label rows but 6 images"),
+        (_set("ref_test.txt", 1, "6"), r"ref_test.txt: line 2: expected one image index in 0..5"),
+        (_set("ref_test.txt", 1, "1 2"), r"ref_test.txt: line 2: expected one image index"),
+        (_drop("ref_test.txt"), r"indfull_test.txt: 5 queries but 4 in .*ref_test.txt"),
+        (_drop("gt_test.txt"), r"gt_test.txt: 4 queries but 5 in .*ref_test.txt"),
+        (
+            _set("indfull_test.txt", 0, line([0] * WIDTH)),
+            r"indfull_test.txt: line 1: expected one \+1 and changes within one attribute",
+        ),
+        (
+            _set("indfull_test.txt", 0, line([-1] + [0] * 16 + [1] + [0] * (WIDTH - 18))),
+            r"indfull_test.txt: line 1: expected one \+1 and changes within one attribute",
+        ),
+        (
+            _set("indfull_test.txt", 0, line([0] * (WIDTH - 1) + [-2])),
+            r"indfull_test.txt: line 1: value -2 not in \[-1, 0, 1\]",
+        ),
+        (
+            _set("gt_test.txt", 0, line(onehot(IMAGES[0]))),
+            r"gt_test.txt: line 1: target value 5 of attribute 2 \(from .*indfull_test.txt: line 1\) "
+            r"is not set",
+        ),
+    ],
+)
 def test_bad_split_files(tmp_path, edit, message):
     directory = write_split(str(tmp_path), edit=edit)
     with pytest.raises(ManifestError, match=message) as error:
@@ -178,8 +220,15 @@ def test_missing_file(tmp_path):
 
 def test_cli_reports_query_counts(tmp_path):
     directory = write_split(str(tmp_path))
-    result = subprocess.run([sys.executable, "-m", "flam_tf.evaluation.public_splits", directory],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "flam_tf.evaluation.public_splits", directory],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
-    assert ("6 test images, queries {'shape': 1, 'color': 2, 'pattern': 1, 'all': 4, "
-            "'all_attributes': 5}") in result.stdout
+    assert (
+        "6 test images, queries {'shape': 1, 'color': 2, 'pattern': 1, 'all': 4, "
+        "'all_attributes': 5}"
+    ) in result.stdout

@@ -9,11 +9,15 @@ import sys
 import pytest
 from PIL import Image
 
-from flam_tf.data.manifest import ManifestError, read_manifest
-from flam_tf.data.readers import (build_manifest, read_deepfashion_c2s,
-                                  read_deepfashion_inshop, read_shopping100k)
 from flam_tf.data import readers
-from flam_tf.data.readers import common
+from flam_tf.data.manifest import ManifestError, read_manifest
+from flam_tf.data.readers import (
+    build_manifest,
+    classes,
+    read_deepfashion_c2s,
+    read_deepfashion_inshop,
+    read_shopping100k,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,8 +37,11 @@ def write_text(root, name, lines):
 
 
 def write_partition(root, header, entries, count=None):
-    write_text(root, "list_eval_partition.txt",
-               [str(len(entries) if count is None else count), header] + entries)
+    write_text(
+        root,
+        "list_eval_partition.txt",
+        [str(len(entries) if count is None else count), header] + entries,
+    )
 
 
 def by_path(rows):
@@ -100,13 +107,16 @@ def test_inshop_missing_image_is_counted_not_silent(inshop_dir):
         read_deepfashion_inshop(str(inshop_dir))
 
 
-@pytest.mark.parametrize("entry, message", [
-    ("img/a.jpg id_1", r"line 3: expected 3 fields"),
-    ("img/a.jpg id_1 validation", r"line 3: unknown evaluation status 'validation'"),
-    ("../outside/a.jpg id_1 train", r"line 3: image path '../outside/a.jpg' escapes"),
-    ("img/../../a.jpg id_1 train", r"line 3: image path .* escapes"),
-    ("/etc/a.jpg id_1 train", r"line 3: absolute image path '/etc/a.jpg'"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ("img/a.jpg id_1", r"line 3: expected 3 fields"),
+        ("img/a.jpg id_1 validation", r"line 3: unknown evaluation status 'validation'"),
+        ("../outside/a.jpg id_1 train", r"line 3: image path '../outside/a.jpg' escapes"),
+        ("img/../../a.jpg id_1 train", r"line 3: image path .* escapes"),
+        ("/etc/a.jpg id_1 train", r"line 3: absolute image path '/etc/a.jpg'"),
+    ],
+)
 def test_inshop_bad_lines_name_file_and_line(tmp_path, entry, message):
     write_partition(tmp_path, INSHOP_HEADER, [entry])
     with pytest.raises(ManifestError, match=r"list_eval_partition.txt: " + message):
@@ -122,8 +132,14 @@ def test_inshop_missing_file_and_bad_count(tmp_path):
 
 
 def test_instance_in_two_splits_is_an_error(tmp_path):
-    write_partition(tmp_path, INSHOP_HEADER, [f"{INSHOP_TRAIN}/02_4_full.jpg id_00000002 train",
-                                              f"{INSHOP_TRAIN}/02_1_front.jpg id_00000002 query"])
+    write_partition(
+        tmp_path,
+        INSHOP_HEADER,
+        [
+            f"{INSHOP_TRAIN}/02_4_full.jpg id_00000002 train",
+            f"{INSHOP_TRAIN}/02_1_front.jpg id_00000002 query",
+        ],
+    )
     with pytest.raises(ManifestError, match="instance 'id_00000002' appears in splits"):
         read_deepfashion_inshop(str(tmp_path), check_images=False)
 
@@ -136,14 +152,19 @@ def test_instance_in_two_splits_is_an_error(tmp_path):
 # INSHOP_TRAIN above). Layout `Eval/list_eval_partition.txt` + `Img/img/...` from mmpretrain
 # `mmpretrain/datasets/inshop.py` (ann_file='Eval/list_eval_partition.txt', data_prefix='Img') and
 # mmfashion docs/dataset/IN_SHOP_DATASET.md.
-REAL_INSHOP = ["52712", "image_name item_id evaluation_status",
-               "img/WOMEN/Dresses/id_00000002/02_1_front.jpg id_00000002 train",
-               "img/WOMEN/Dresses/id_00000002/02_2_side.jpg id_00000002 train"]
+REAL_INSHOP = [
+    "52712",
+    "image_name item_id evaluation_status",
+    "img/WOMEN/Dresses/id_00000002/02_1_front.jpg id_00000002 train",
+    "img/WOMEN/Dresses/id_00000002/02_2_side.jpg id_00000002 train",
+]
 
 
 def test_inshop_release_layout_bom_crlf(tmp_path):
-    entries = REAL_INSHOP[2:] + [f"{INSHOP_TEST}/02_3_back.jpg id_00000001 gallery",
-                                 f"{INSHOP_TEST}/02_4_full.jpg id_00000001 query"]
+    entries = REAL_INSHOP[2:] + [
+        f"{INSHOP_TEST}/02_3_back.jpg id_00000001 gallery",
+        f"{INSHOP_TEST}/02_4_full.jpg id_00000001 query",
+    ]
     text = "\r\n".join([str(len(entries)), REAL_INSHOP[1]] + entries) + "\r\n"
     (tmp_path / "Eval").mkdir()
     (tmp_path / "Eval/list_eval_partition.txt").write_bytes(b"\xef\xbb\xbf" + text.encode())
@@ -162,8 +183,11 @@ def test_inshop_no_images_names_where_it_looked(tmp_path):
 
 
 def test_partition_missing_names_both_paths(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"Eval/list_eval_partition.txt and .*"
-                                                r"list_eval_partition.txt"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"Eval/list_eval_partition.txt and .*"
+        r"list_eval_partition.txt",
+    ):
         read_deepfashion_c2s(str(tmp_path))
 
 
@@ -194,8 +218,10 @@ REAL_C2S = [
 # No public source lists a train pair; these reuse the real names of val item id_00000468
 # (czla's val.txt) with status train, only to test how train pairs are mapped.
 C2S_TRAIN_ITEM = "img/TOPS/T_Shirt/id_00000468"
-C2S_TRAIN = [f"{C2S_TRAIN_ITEM}/comsumer_0{i}.jpg {C2S_TRAIN_ITEM}/shop_01.jpg id_00000468 train"
-             for i in (1, 2)]
+C2S_TRAIN = [
+    f"{C2S_TRAIN_ITEM}/comsumer_0{i}.jpg {C2S_TRAIN_ITEM}/shop_01.jpg id_00000468 train"
+    for i in (1, 2)
+]
 
 
 def test_c2s_dedup_domains_and_roles(tmp_path):
@@ -208,13 +234,19 @@ def test_c2s_dedup_domains_and_roles(tmp_path):
     assert stats.merged == 6
     train_shop = rows[f"{C2S_TRAIN_ITEM}/shop_01.jpg"]
     assert (train_shop["split"], train_shop["domain"], train_shop["role"]) == (
-        "extractor_train", "shop", "")
+        "extractor_train",
+        "shop",
+        "",
+    )
     assert rows[f"{C2S_TRAIN_ITEM}/comsumer_02.jpg"]["domain"] == "street"
     queries = {p for p, r in rows.items() if r["role"] == "c2s_query"}
     gallery = {p for p, r in rows.items() if r["role"] == "c2s_gallery"}
     assert queries == {e.split()[0] for e in REAL_C2S}
-    assert gallery == {f"{C2S_TEST}/shop_01.jpg", f"{C2S_TEST}/shop_02.jpg",
-                       f"{C2S_VAL}/shop_01.jpg"}
+    assert gallery == {
+        f"{C2S_TEST}/shop_01.jpg",
+        f"{C2S_TEST}/shop_02.jpg",
+        f"{C2S_VAL}/shop_01.jpg",
+    }
     assert all(rows[p]["domain"] == "street" for p in queries)
     assert all(rows[p]["split"] == "fir_eval" and rows[p]["domain"] == "shop" for p in gallery)
     assert rows[f"{C2S_TEST}/comsumer_06.jpg"]["instance_id"] == "id_00000001"
@@ -233,16 +265,22 @@ def test_c2s_release_layout_bom_crlf(tmp_path):
 def test_c2s_image_in_two_splits_is_an_error(tmp_path):
     moved = REAL_C2S[5].replace("id_00000283 val", "id_00000283 train")  # val and train at once
     write_partition(tmp_path, C2S_HEADER, REAL_C2S[5:7] + [moved])
-    with pytest.raises(ManifestError, match=r"line 5: image '.*id_00000283/comsumer_02.jpg' "
-                                            r"contradicts .* line 3"):
+    with pytest.raises(
+        ManifestError,
+        match=r"line 5: image '.*id_00000283/comsumer_02.jpg' "
+        r"contradicts .* line 3",
+    ):
         read_deepfashion_c2s(str(tmp_path), check_images=False)
 
 
-@pytest.mark.parametrize("entry, message", [
-    (" ".join(REAL_C2S[0].split()[:3]), r"line 4: expected 4 fields"),
-    (REAL_C2S[0].replace(" test", " query"), r"line 4: unknown evaluation status 'query'"),
-    (REAL_C2S[0].replace("img/TOPS", "../TOPS", 1), r"line 4: image path '../TOPS/.*' escapes"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        (" ".join(REAL_C2S[0].split()[:3]), r"line 4: expected 4 fields"),
+        (REAL_C2S[0].replace(" test", " query"), r"line 4: unknown evaluation status 'query'"),
+        (REAL_C2S[0].replace("img/TOPS", "../TOPS", 1), r"line 4: image path '../TOPS/.*' escapes"),
+    ],
+)
 def test_c2s_malformed_line(tmp_path, entry, message):
     write_partition(tmp_path, C2S_HEADER, [REAL_C2S[1], entry])
     with pytest.raises(ManifestError, match=r"list_eval_partition.txt: " + message):
@@ -264,8 +302,12 @@ SHOPPING_CODES = {  # image under Images/ -> (category, color, pattern) codes; -
     "Female/4_Dresses/0000302_2.jpg": (3, 1, -1),
     "Female/9_Tracksuit_Bottoms/0000501_1.jpg": (8, 5, 0),
 }
-NAMED = {"fields": {"color": {"codes": {"1": "Black", "2": "Navy", "5": "Olive"}},
-                    "pattern": {"codes": {"0": "Plain", "1": "Striped"}}}}
+NAMED = {
+    "fields": {
+        "color": {"codes": {"1": "Black", "2": "Navy", "5": "Olive"}},
+        "pattern": {"codes": {"0": "Plain", "1": "Striped"}},
+    }
+}
 
 
 def write_shopping(root, codes=SHOPPING_CODES, bom=False, crlf=False):
@@ -275,7 +317,8 @@ def write_shopping(root, codes=SHOPPING_CODES, bom=False, crlf=False):
         text = "".join(f"{p} {c[i]}{end}" for p, c in codes.items())
         (root / "Attributes").mkdir(exist_ok=True)
         (root / "Attributes" / f"{field}.txt").write_bytes(
-            (b"\xef\xbb\xbf" if bom else b"") + text.encode())
+            (b"\xef\xbb\xbf" if bom else b"") + text.encode()
+        )
     for field in ("sleevelen", "collar", "gender"):  # real unused fields: ignored
         write_text(root, f"Attributes/{field}.txt", [f"{p} 0" for p in codes])
 
@@ -298,10 +341,13 @@ def test_shopping100k_shipped_table_gives_no_guessed_label(tmp_path):
         "Images/Female/9_Tracksuit_Bottoms/0000501_1.jpg": ("", "", ""),  # no canonical match
     }
     assert stats.class_maps["shape"] == {"Coats": "coat", "Dresses": "dress"}
-    assert stats.labels_missing == {"color code with no published name": 5,
-                                    "pattern code with no published name": 4}
+    assert stats.labels_missing == {
+        "color code with no published name": 5,
+        "pattern code with no published name": 4,
+    }
     assert stats.first_label_missing["color code with no published name"].endswith(
-        "color.txt: line 1")
+        "color.txt: line 1"
+    )
     assert rows["Images/Male/1_Coats/0000095_13.jpg"]["instance_id"] == "Male/1_Coats/0000095_13"
     assert rows["Images/Female/9_Tracksuit_Bottoms/0000501_1.jpg"]["split"] == "unlabelled"
 
@@ -341,15 +387,19 @@ def test_shopping100k_non_code_is_a_file_line_error(tmp_path, bad):
     write_shopping(tmp_path)
     with open(tmp_path / "Attributes/color.txt", "a") as f:
         f.write(f"Male/1_Coats/0000097_13.jpg {bad}\n")
-    with pytest.raises(ManifestError, match=r"color.txt: line 6: color code .* is not a value code"):
+    with pytest.raises(
+        ManifestError, match=r"color.txt: line 6: color code .* is not a value code"
+    ):
         read_shopping100k(str(tmp_path))
 
 
 def test_shopping100k_paths_inside_accepted_escaping_refused(tmp_path):
     write_shopping(tmp_path)
-    write_text(tmp_path, "Attributes/category.txt",
-               ["Male/../../Images/Male/1_Coats/0000095_13.jpg 1",
-                "Images/Male/1_Coats/0000096_13.jpg 1"])
+    write_text(
+        tmp_path,
+        "Attributes/category.txt",
+        ["Male/../../Images/Male/1_Coats/0000095_13.jpg 1", "Images/Male/1_Coats/0000096_13.jpg 1"],
+    )
     rows, _ = read_shopping100k(str(tmp_path), fam_eval_size=0)
     assert by_path(rows)["Images/Male/1_Coats/0000095_13.jpg"]["shape"] == "coat"
     write_text(tmp_path, "Attributes/category.txt", ["Male/../../../x.jpg 1"])
@@ -370,8 +420,9 @@ def test_shopping100k_fam_eval_and_manifest(tmp_path):
     fam = [r for r in rows if r["split"] == "fam_eval"]
     assert len(fam) == 2 and all(r["shape"] and r["color"] and r["pattern"] for r in fam)
     out = tmp_path / "manifest.csv"
-    build_manifest("shopping100k", str(tmp_path), str(out), top_n=2, fam_eval_size=2, seed=1,
-                   code_table=NAMED)
+    build_manifest(
+        "shopping100k", str(tmp_path), str(out), top_n=2, fam_eval_size=2, seed=1, code_table=NAMED
+    )
     assert read_manifest(str(out)).has_role("fam_query").sum() == 2
 
 
@@ -415,35 +466,59 @@ def darn_dir(tmp_path):
     """30 DARN images in the ASEN++ layout, 29 labelled (category, color, pattern), 1 not."""
     names = [f"pic/{i:03d}.jpg" for i in range(30)]
     write_text(tmp_path, "filenames_train.txt", names)
-    write_text(tmp_path, "label_train.txt",
-               [f"{i}\t0\t{i % 2}\t2\t{i % 3}\t4\t{i % 3}" for i in range(29)])
+    write_text(
+        tmp_path, "label_train.txt", [f"{i}\t0\t{i % 2}\t2\t{i % 3}\t4\t{i % 3}" for i in range(29)]
+    )
     write_jpegs(tmp_path, names)
     return tmp_path
 
 
 # ---------------------------------------------------------------------------- shared and CLI
 
+
 def test_map_top_classes_contested_canonical_goes_to_fallback():
     # 'gray' (table) and 'grey' (same name) both claim grey: the more frequent keeps it.
-    mapping = common.map_top_classes({"grey": 5, "gray": 3, "teal": 2}, "color", 3,
-                                     {"gray": "grey"})
+    mapping = classes.map_top_classes(
+        {"grey": 5, "gray": 3, "teal": 2}, "color", 3, {"gray": "grey"}
+    )
     assert mapping == {"grey": "grey", "gray": "black", "teal": "white"}
     with pytest.raises(ValueError, match="top_n must be in"):
-        common.map_top_classes({"grey": 1}, "color", 11, {})
+        classes.map_top_classes({"grey": 1}, "color", 11, {})
 
 
 def test_cli_smoke_and_readers_import_no_tensorflow(darn_dir):
     """Smoke test of `python -m flam_tf.data.readers`, run in a fresh interpreter."""
     out = darn_dir / "manifest.csv"
     env = dict(os.environ, PYTHONPATH=REPO)
-    script = ("import sys, runpy; sys.argv = ['readers'] + sys.argv[1:]\n"
-              "try:\n    runpy.run_module('flam_tf.data.readers', run_name='__main__')\n"
-              "except SystemExit as e:\n    assert not e.code, e.code\n"
-              "assert 'tensorflow' not in sys.modules, 'readers must not import tensorflow'\n")
+    script = (
+        "import sys, runpy; sys.argv = ['readers'] + sys.argv[1:]\n"
+        "try:\n    runpy.run_module('flam_tf.data.readers', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "assert 'tensorflow' not in sys.modules, 'readers must not import tensorflow'\n"
+    )
     result = subprocess.run(
-        [sys.executable, "-c", script, "--source", "darn", "--data_dir", str(darn_dir),
-         "--out", str(out), "--top_n", "3", "--fam_eval_size", "4", "--seed", "3"],
-        env=env, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-c",
+            script,
+            "--source",
+            "darn",
+            "--data_dir",
+            str(darn_dir),
+            "--out",
+            str(out),
+            "--top_n",
+            "3",
+            "--fam_eval_size",
+            "4",
+            "--seed",
+            "3",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert "Wrote 30 rows" in result.stdout
     manifest = read_manifest(str(out))
@@ -452,25 +527,42 @@ def test_cli_smoke_and_readers_import_no_tensorflow(darn_dir):
 
 def run_cli(*args):
     env = dict(os.environ, PYTHONPATH=REPO)
-    return subprocess.run([sys.executable, "-m", "flam_tf.data.readers", *args], env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "flam_tf.data.readers", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_cli_bad_input_is_one_line_exit_2_and_verbose_traceback(tmp_path):
     write_shopping(tmp_path)
     with open(tmp_path / "Attributes/color.txt", "a") as f:
         f.write("Male/1_Coats/0000097_13.jpg 99x\n")
-    args = ("--source", "shopping100k", "--data_dir", str(tmp_path), "--out",
-            str(tmp_path / "manifest.csv"))
+    args = (
+        "--source",
+        "shopping100k",
+        "--data_dir",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "manifest.csv"),
+    )
     result = run_cli(*args)
     assert result.returncode == 2
-    errors = [l for l in result.stderr.splitlines() if "error:" in l]
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "Traceback" not in result.stderr
     assert "color.txt: line 6: color code '99x' is not a value code" in errors[0]
     verbose = run_cli(*args, "--verbose")
     assert verbose.returncode != 0 and "Traceback" in verbose.stderr
-    missing = run_cli("--source", "deepfashion_inshop", "--data_dir", str(tmp_path / "no"),
-                      "--out", str(tmp_path / "m.csv"))
+    missing = run_cli(
+        "--source",
+        "deepfashion_inshop",
+        "--data_dir",
+        str(tmp_path / "no"),
+        "--out",
+        str(tmp_path / "m.csv"),
+    )
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "Eval/list_eval_partition.txt" in missing.stderr
 
@@ -479,16 +571,35 @@ def test_cli_class_table_and_summary(tmp_path):
     write_shopping(tmp_path)
     table = tmp_path / "codes.json"
     table.write_text(json.dumps(NAMED))
-    result = run_cli("--source", "shopping100k", "--data_dir", str(tmp_path), "--out",
-                     str(tmp_path / "manifest.csv"), "--fam_eval_size", "0",
-                     "--class_table", str(table))
+    result = run_cli(
+        "--source",
+        "shopping100k",
+        "--data_dir",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "manifest.csv"),
+        "--fam_eval_size",
+        "0",
+        "--class_table",
+        str(table),
+    )
     assert result.returncode == 0, result.stderr
-    assert "color classes (source -> canonical): {'Black': 'black', 'Navy': 'navy'}" in result.stdout
+    assert (
+        "color classes (source -> canonical): {'Black': 'black', 'Navy': 'navy'}" in result.stdout
+    )
     assert "Summary:" in result.stdout  # Olive and Tracksuit_Bottoms: no canonical class
     assert "1 color labels outside the kept top-N classes set to missing" in result.stdout
     table.write_text("{not json")
-    bad = run_cli("--source", "shopping100k", "--data_dir", str(tmp_path), "--out",
-                  str(tmp_path / "manifest.csv"), "--class_table", str(table))
+    bad = run_cli(
+        "--source",
+        "shopping100k",
+        "--data_dir",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "manifest.csv"),
+        "--class_table",
+        str(table),
+    )
     assert bad.returncode == 2 and "codes.json: line 1: not JSON" in bad.stderr
 
 
@@ -496,7 +607,8 @@ def test_class_table_options_name_the_right_reader_option(tmp_path):
     darn = tmp_path / "darn.json"
     darn.write_text('\ufeff{"shape": {"3": "dress"}}', encoding="utf-8")
     assert readers.class_table_options("darn", str(darn)) == {
-        "class_table": {"shape": {"3": "dress"}}}
+        "class_table": {"shape": {"3": "dress"}}
+    }
     codes = tmp_path / "codes.json"
     codes.write_text('{"fields": {"color": {"num_values": 19, "codes": {"0": "Black"}}}}')
     assert set(readers.class_table_options("shopping100k", str(codes))) == {"code_table"}
@@ -507,6 +619,7 @@ def test_class_table_options_name_the_right_reader_option(tmp_path):
     with pytest.raises(ValueError, match=r"broken.json: line 1: not valid JSON"):
         readers.class_table_options("darn", str(broken))
     from flam_tf import config as config_lib
+
     config = config_lib.get_preset("smoke")
     config.data.class_table = str(darn)
     with pytest.raises(ValueError, match="applies to a darn or shopping100k attribute_source"):

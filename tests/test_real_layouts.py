@@ -37,44 +37,82 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # item id -> {status: [image names]}, from czla/cloth-image-retrieval data/InShop/{train,query,
 # gallery}.txt (first lines of each).
 INSHOP_ITEMS = {
-    "id_00000002": {"train": ["img/WOMEN/Dresses/id_00000002/02_4_full.jpg",
-                              "img/WOMEN/Dresses/id_00000002/02_1_front.jpg",
-                              "img/WOMEN/Dresses/id_00000002/02_7_additional.jpg",
-                              "img/WOMEN/Dresses/id_00000002/02_2_side.jpg"]},
-    "id_00000003": {"train": ["img/WOMEN/Skirts/id_00000003/02_2_side.jpg",
-                              "img/WOMEN/Skirts/id_00000003/02_1_front.jpg",
-                              "img/WOMEN/Skirts/id_00000003/02_7_additional.jpg",
-                              "img/WOMEN/Skirts/id_00000003/02_4_full.jpg",
-                              "img/WOMEN/Skirts/id_00000003/02_3_back.jpg"]},
-    "id_00000004": {"train": ["img/WOMEN/Blouses_Shirts/id_00000004/05_1_front.jpg",
-                              "img/WOMEN/Blouses_Shirts/id_00000004/03_1_front.jpg",
-                              "img/WOMEN/Blouses_Shirts/id_00000004/03_3_back.jpg",
-                              "img/WOMEN/Blouses_Shirts/id_00000004/05_7_additional.jpg"]},
-    "id_00000005": {"train": ["img/WOMEN/Blouses_Shirts/id_00000005/02_1_front.jpg",
-                              "img/WOMEN/Blouses_Shirts/id_00000005/02_2_side.jpg",
-                              "img/WOMEN/Blouses_Shirts/id_00000005/02_7_additional.jpg",
-                              "img/WOMEN/Blouses_Shirts/id_00000005/02_4_full.jpg"]},
-    "id_00000006": {"train": ["img/MEN/Sweatshirts_Hoodies/id_00000006/02_6_flat.jpg",
-                              "img/MEN/Sweatshirts_Hoodies/id_00000006/02_1_front.jpg",
-                              "img/MEN/Sweatshirts_Hoodies/id_00000006/01_7_additional.jpg",
-                              "img/MEN/Sweatshirts_Hoodies/id_00000006/02_7_additional.jpg"]},
-    "id_00000001": {"query": ["img/WOMEN/Blouses_Shirts/id_00000001/02_2_side.jpg",
-                              "img/WOMEN/Blouses_Shirts/id_00000001/02_4_full.jpg"],
-                    "gallery": ["img/WOMEN/Blouses_Shirts/id_00000001/02_1_front.jpg",
-                                "img/WOMEN/Blouses_Shirts/id_00000001/02_3_back.jpg"]},
-    "id_00000007": {"query": ["img/WOMEN/Tees_Tanks/id_00000007/01_4_full.jpg",
-                              "img/WOMEN/Tees_Tanks/id_00000007/01_2_side.jpg"],
-                    "gallery": ["img/WOMEN/Tees_Tanks/id_00000007/01_3_back.jpg",
-                                "img/WOMEN/Tees_Tanks/id_00000007/01_1_front.jpg"]},
-    "id_00000008": {"query": ["img/WOMEN/Dresses/id_00000008/02_7_additional.jpg"],
-                    "gallery": ["img/WOMEN/Dresses/id_00000008/02_3_back.jpg"]},
+    "id_00000002": {
+        "train": [
+            "img/WOMEN/Dresses/id_00000002/02_4_full.jpg",
+            "img/WOMEN/Dresses/id_00000002/02_1_front.jpg",
+            "img/WOMEN/Dresses/id_00000002/02_7_additional.jpg",
+            "img/WOMEN/Dresses/id_00000002/02_2_side.jpg",
+        ]
+    },
+    "id_00000003": {
+        "train": [
+            "img/WOMEN/Skirts/id_00000003/02_2_side.jpg",
+            "img/WOMEN/Skirts/id_00000003/02_1_front.jpg",
+            "img/WOMEN/Skirts/id_00000003/02_7_additional.jpg",
+            "img/WOMEN/Skirts/id_00000003/02_4_full.jpg",
+            "img/WOMEN/Skirts/id_00000003/02_3_back.jpg",
+        ]
+    },
+    "id_00000004": {
+        "train": [
+            "img/WOMEN/Blouses_Shirts/id_00000004/05_1_front.jpg",
+            "img/WOMEN/Blouses_Shirts/id_00000004/03_1_front.jpg",
+            "img/WOMEN/Blouses_Shirts/id_00000004/03_3_back.jpg",
+            "img/WOMEN/Blouses_Shirts/id_00000004/05_7_additional.jpg",
+        ]
+    },
+    "id_00000005": {
+        "train": [
+            "img/WOMEN/Blouses_Shirts/id_00000005/02_1_front.jpg",
+            "img/WOMEN/Blouses_Shirts/id_00000005/02_2_side.jpg",
+            "img/WOMEN/Blouses_Shirts/id_00000005/02_7_additional.jpg",
+            "img/WOMEN/Blouses_Shirts/id_00000005/02_4_full.jpg",
+        ]
+    },
+    "id_00000006": {
+        "train": [
+            "img/MEN/Sweatshirts_Hoodies/id_00000006/02_6_flat.jpg",
+            "img/MEN/Sweatshirts_Hoodies/id_00000006/02_1_front.jpg",
+            "img/MEN/Sweatshirts_Hoodies/id_00000006/01_7_additional.jpg",
+            "img/MEN/Sweatshirts_Hoodies/id_00000006/02_7_additional.jpg",
+        ]
+    },
+    "id_00000001": {
+        "query": [
+            "img/WOMEN/Blouses_Shirts/id_00000001/02_2_side.jpg",
+            "img/WOMEN/Blouses_Shirts/id_00000001/02_4_full.jpg",
+        ],
+        "gallery": [
+            "img/WOMEN/Blouses_Shirts/id_00000001/02_1_front.jpg",
+            "img/WOMEN/Blouses_Shirts/id_00000001/02_3_back.jpg",
+        ],
+    },
+    "id_00000007": {
+        "query": [
+            "img/WOMEN/Tees_Tanks/id_00000007/01_4_full.jpg",
+            "img/WOMEN/Tees_Tanks/id_00000007/01_2_side.jpg",
+        ],
+        "gallery": [
+            "img/WOMEN/Tees_Tanks/id_00000007/01_3_back.jpg",
+            "img/WOMEN/Tees_Tanks/id_00000007/01_1_front.jpg",
+        ],
+    },
+    "id_00000008": {
+        "query": ["img/WOMEN/Dresses/id_00000008/02_7_additional.jpg"],
+        "gallery": ["img/WOMEN/Dresses/id_00000008/02_3_back.jpg"],
+    },
 }
 INSHOP_HEADER = "image_name item_id evaluation_status"
 
 
 def inshop_lines():
-    return [f"{image} {item} {status}" for item, by_status in INSHOP_ITEMS.items()
-            for status, images in by_status.items() for image in images]
+    return [
+        f"{image} {item} {status}"
+        for item, by_status in INSHOP_ITEMS.items()
+        for status, images in by_status.items()
+        for image in images
+    ]
 
 
 def jpeg(path, rgb):
@@ -102,11 +140,13 @@ REAL_SHOPPING_LINE = "Male/1_Coats/0000095_13.jpg 1"
 FOLDERS = ("Male/1_Coats", "Female/4_Dresses", "Male/7_Shirts")  # category code 0, 1, 2
 COLORS = {0: (20, 20, 20), 1: (220, 30, 30), 2: (30, 30, 120)}  # code -> generated pixel
 # The test's own code table, in the format of flam_tf/data/readers/shopping100k_codes.json.
-CLASS_TABLE = {"fields": {
-    "category": {"codes": {"0": "Coats", "1": "Dresses", "2": "Shirts"}},
-    "color": {"codes": {"0": "Black", "1": "Red", "2": "Navy"}},
-    "pattern": {"codes": {"0": "Plain", "1": "Striped"}},
-}}
+CLASS_TABLE = {
+    "fields": {
+        "category": {"codes": {"0": "Coats", "1": "Dresses", "2": "Shirts"}},
+        "color": {"codes": {"0": "Black", "1": "Red", "2": "Navy"}},
+        "pattern": {"codes": {"0": "Plain", "1": "Striped"}},
+    }
+}
 
 
 def shopping_codes(num_images):
@@ -133,8 +173,10 @@ def write_shopping_release(root, num_images=54):
             f.writelines(f"{path} {int(path.startswith('Female'))}\n" for path in codes)
     for path, (category, color, pattern) in codes.items():
         rgb = COLORS[color]
-        jpeg(os.path.join(root, "Images", path),
-             (rgb[0], rgb[1] + 40 * category, rgb[2] + 60 * pattern))
+        jpeg(
+            os.path.join(root, "Images", path),
+            (rgb[0], rgb[1] + 40 * category, rgb[2] + 60 * pattern),
+        )
     return codes
 
 
@@ -149,16 +191,30 @@ def run_train(tmp_path, *extra, run_dir="run", timeout=300):
     run_dir = tmp_path / run_dir
     start = time.time()
     result = subprocess.run(
-        [sys.executable, "-m", "flam_tf.train", "--preset=smoke", f"--run_dir={run_dir}",
-         "--data_extractor_source=deepfashion_inshop",
-         f"--data_extractor_data_dir={tmp_path / 'inshop'}",
-         "--data_attribute_source=shopping100k",
-         f"--data_attribute_data_dir={tmp_path / 'shopping100k'}",
-         "--data_fam_eval_size=12", "--data_top_n_classes=3",
-         "--extractor_instances_per_batch=4", "--extractor_images_per_instance=2",
-         "--extractor_steps_per_epoch=2", "--baselines_pixel_epochs=0", *extra],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        [
+            sys.executable,
+            "-m",
+            "flam_tf.train",
+            "--preset=smoke",
+            f"--run_dir={run_dir}",
+            "--data_extractor_source=deepfashion_inshop",
+            f"--data_extractor_data_dir={tmp_path / 'inshop'}",
+            "--data_attribute_source=shopping100k",
+            f"--data_attribute_data_dir={tmp_path / 'shopping100k'}",
+            "--data_fam_eval_size=12",
+            "--data_top_n_classes=3",
+            "--extractor_instances_per_batch=4",
+            "--extractor_images_per_instance=2",
+            "--extractor_steps_per_epoch=2",
+            "--baselines_pixel_epochs=0",
+            *extra,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     return result, run_dir, time.time() - start
 
 
@@ -171,12 +227,16 @@ def trees(tmp_path):
 
 # ------------------------------------------------------------------------------- the readers alone
 
+
 def test_fixture_lines_are_the_real_formats():
     assert REAL_SHOPPING_LINE.split()[0] in shopping_codes(1)
     for line in inshop_lines():
         image, item, status = line.split()
-        assert image.startswith("img/") and f"/{item}/" in image and status in (
-            "train", "query", "gallery")
+        assert (
+            image.startswith("img/")
+            and f"/{item}/" in image
+            and status in ("train", "query", "gallery")
+        )
 
 
 def test_inshop_release_layout_reads(tmp_path):
@@ -191,17 +251,22 @@ def test_inshop_release_layout_reads(tmp_path):
 
 def test_shopping100k_release_layout_with_class_table(tmp_path):
     codes = write_shopping_release(str(tmp_path))
-    rows, stats = read_shopping100k(str(tmp_path), top_n=3, fam_eval_size=12,
-                                    code_table=CLASS_TABLE)
+    rows, stats = read_shopping100k(
+        str(tmp_path), top_n=3, fam_eval_size=12, code_table=CLASS_TABLE
+    )
     by_path = {r["path"]: r for r in rows}
     first = by_path["Images/" + REAL_SHOPPING_LINE.split()[0]]
     assert (first["shape"], first["color"], first["pattern"]) == ("coat", "black", "solid")
-    names = {"shape": ("coat", "dress", "shirt"), "color": ("black", "red", "navy"),
-             "pattern": ("solid", "striped")}
+    names = {
+        "shape": ("coat", "dress", "shirt"),
+        "color": ("black", "red", "navy"),
+        "pattern": ("solid", "striped"),
+    }
     for path, values in codes.items():  # every label is the one its code names
         row = by_path["Images/" + path]
-        assert tuple(row[a] for a in names) == tuple(
-            names[a][v] for a, v in zip(names, values)), path
+        assert tuple(row[a] for a in names) == tuple(names[a][v] for a, v in zip(names, values)), (
+            path
+        )
     assert stats.rows_by_split == {"attribute_train": 42, "fam_eval": 12}
     assert not stats.skipped and not stats.labels_missing
 
@@ -210,7 +275,10 @@ def test_shopping100k_without_class_table_says_why_fam_eval_is_empty(tmp_path):
     write_shopping_release(str(tmp_path))
     rows, stats = read_shopping100k(str(tmp_path), fam_eval_size=0)  # no fam_eval asked: fine
     assert {r["color"] for r in rows} == {""} and {r["shape"] for r in rows} == {
-        "coat", "dress", "shirt"}
+        "coat",
+        "dress",
+        "shirt",
+    }
     with pytest.raises(ManifestError) as error:
         read_shopping100k(str(tmp_path), fam_eval_size=12)
     message = str(error.value)
@@ -225,10 +293,14 @@ def test_one_densely_labelled_image_is_too_few_for_fam_eval(tmp_path):
     only = {"fields": {"color": {"codes": {"0": "Black"}}, "pattern": {"codes": {"0": "Plain"}}}}
     rows, _ = read_shopping100k(str(tmp_path), top_n=1, fam_eval_size=0, code_table=only)
     assert [r["path"] for r in rows if all(r[a] for a in ("shape", "color", "pattern"))] == [
-        "Images/" + REAL_SHOPPING_LINE.split()[0]]  # top-1 category Coats, Black, Plain
-    with pytest.raises(ManifestError, match=r"shopping100k: fam_eval would be empty: 1 of 9 images "
-                                            r"have all three labels .*color.txt: line 4 "
-                                            r"\(color code with no published name\)"):
+        "Images/" + REAL_SHOPPING_LINE.split()[0]
+    ]  # top-1 category Coats, Black, Plain
+    with pytest.raises(
+        ManifestError,
+        match=r"shopping100k: fam_eval would be empty: 1 of 9 images "
+        r"have all three labels .*color.txt: line 4 "
+        r"\(color code with no published name\)",
+    ):
         read_shopping100k(str(tmp_path), top_n=1, fam_eval_size=5, code_table=only)
 
 
@@ -239,24 +311,38 @@ def test_darn_without_dense_labels_is_the_same_error(tmp_path):
     (tmp_path / "filenames_train.txt").write_text("\n".join(names) + "\n")
     # Category and color, never pattern (attributes 0, 2; pattern is attribute 4).
     (tmp_path / "label_train.txt").write_text(
-        "".join(f"{i}\t0\t{i % 2}\t2\t{i % 3}\n" for i in range(6)))
+        "".join(f"{i}\t0\t{i % 2}\t2\t{i % 3}\n" for i in range(6))
+    )
     rows, _ = read_darn(str(tmp_path), fam_eval_size=0, check_images=False)
     assert len(rows) == 6
-    with pytest.raises(ManifestError, match=r"^darn: fam_eval would be empty: 0 of 6 images .*"
-                                            r"pattern 0"):
+    with pytest.raises(
+        ManifestError,
+        match=r"^darn: fam_eval would be empty: 0 of 6 images .*"
+        r"pattern 0",
+    ):
         read_darn(str(tmp_path), fam_eval_size=3, check_images=False)
 
 
 def run_readers_cli(*args):
-    return subprocess.run([sys.executable, "-m", "flam_tf.data.readers", *args],
-                          env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "flam_tf.data.readers", *args],
+        env={**os.environ, "PYTHONPATH": REPO},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_readers_cli_without_class_table_one_line_exit_2(tmp_path):
     write_shopping_release(str(tmp_path))
-    args = ("--source", "shopping100k", "--data_dir", str(tmp_path), "--out",
-            str(tmp_path / "manifest.csv"))
+    args = (
+        "--source",
+        "shopping100k",
+        "--data_dir",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "manifest.csv"),
+    )
     result = run_readers_cli(*args)  # default fam_eval_size 2000
     assert result.returncode == 2 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
@@ -273,6 +359,7 @@ def test_readers_cli_without_class_table_one_line_exit_2(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- the main job
+
 
 @pytest.mark.slow
 def test_main_job_end_to_end_shopping100k_and_inshop(trees):

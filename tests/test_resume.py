@@ -19,8 +19,10 @@ import pytest
 import tensorflow as tf
 
 from flam_tf import config as config_lib
-from flam_tf import epoch_backup
-from flam_tf import models  # noqa: F401  (registers the classes load_model needs)
+from flam_tf import (
+    epoch_backup,
+    models,  # noqa: F401  (registers the classes load_model needs)
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINING = ("data", "extractor", "features", "embedders", "manipulator", "baselines", "evaluate")
@@ -53,12 +55,20 @@ def assert_same_report(run_dir, reference_dir):
     assert len(numbers) > 200  # the whole report, not a corner of it
     differ = {k: (got[k], want[k]) for k in want if got[k] != want[k]}
     assert not differ, f"{len(differ)} of {len(want)} report values differ: " + str(
-        dict(list(differ.items())[:5]))
+        dict(list(differ.items())[:5])
+    )
 
 
 def _command(run_dir, stages=TRAINING, *flags):
-    return [sys.executable, "-m", "flam_tf.train", "--preset=smoke", f"--run_dir={run_dir}",
-            f"--stages={','.join(stages)}", *flags]
+    return [
+        sys.executable,
+        "-m",
+        "flam_tf.train",
+        "--preset=smoke",
+        f"--run_dir={run_dir}",
+        f"--stages={','.join(stages)}",
+        *flags,
+    ]
 
 
 # One pass over the data per Keras epoch, so that the smoke preset's short fits on features
@@ -75,8 +85,12 @@ def _run(cmd):
 def _kill_during(run_dir, watch, delay_s):
     """Starts the training stages, SIGKILLs the process `delay_s` after the checkpoint folder of
     `watch` first appears; returns the stages finished at the kill."""
-    proc = subprocess.Popen(_command(run_dir, TRAINING, EVERY_PASS), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _command(run_dir, TRAINING, EVERY_PASS),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     folder = os.path.join(run_dir, "checkpoints", watch)
     deadline = time.time() + 300
     while not (os.path.isdir(folder) and os.listdir(folder)):
@@ -133,8 +147,9 @@ def test_resume_survives_20_kills_at_random_moments(tmp_path):
     rng = random.Random(0)
     for i in range(20):
         run_dir = str(tmp_path / f"run{i}")
-        proc = subprocess.Popen(cmd(run_dir), cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd(run_dir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             proc.wait(timeout=rng.uniform(0.3, 1.0) * span)
         except subprocess.TimeoutExpired:
@@ -176,8 +191,14 @@ class _Stop(keras.callbacks.Callback):
 def _toy_model_and_data(seed, rows):
     """A compiled model with dropout (a SeedGenerator) and Adam, and `rows` regression rows."""
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dropout(0.5), keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(1),
+        ]
+    )
     model.compile(keras.optimizers.Adam(0.01), loss="mse")
     x = np.random.default_rng(seed).normal(size=(rows, 6)).astype(np.float32)
     return model, x, x.sum(axis=1, keepdims=True)
@@ -192,8 +213,9 @@ def _toy_fit(backup_dir, epochs=4, stop_after=None):
     skip = epoch_backup.resume_epoch(backup_dir)
     steps = 4
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(64, seed=1).batch(16).repeat()
-    history = model.fit(ds.skip(skip * steps), epochs=epochs, steps_per_epoch=steps,
-                        callbacks=callbacks, verbose=0)
+    history = model.fit(
+        ds.skip(skip * steps), epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=0
+    )
     return model.get_weights(), epoch_backup.merged_history(callbacks[0], history)
 
 
@@ -231,26 +253,36 @@ def test_stage_seeds_are_stable_and_distinct():
     assert epoch_backup.stage_seed(0, "extractor") == epoch_backup.stage_seed(0, "extractor")
     seeds = {epoch_backup.stage_seed(s, n) for s in (0, 1) for n in config_lib.STAGES}
     assert len(seeds) == 2 * len(config_lib.STAGES)
-    assert all(0 <= s < 2 ** 31 - 1 for s in seeds)
+    assert all(0 <= s < 2**31 - 1 for s in seeds)
     script = "from flam_tf.epoch_backup import stage_seed; print(stage_seed(3, 'manipulator'))"
-    other = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
-                           text=True, env={**os.environ, "PYTHONHASHSEED": "123"})
+    other = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONHASHSEED": "123"},
+    )
     assert int(other.stdout) == epoch_backup.stage_seed(3, "manipulator")
 
 
 def _feature_fit(backup_dir, min_steps, stop_after=None):
-    """20 passes of 3 batches through stages._feature_dataset, in as many Keras epochs as
+    """20 passes of 3 batches through fits.feature_dataset, in as many Keras epochs as
     `min_steps` makes."""
-    from flam_tf import stages
+    from flam_tf.stages import fits
 
     model, x, y = _toy_model_and_data(3, 48)
     callbacks = [epoch_backup.EpochBackup(backup_dir)] if backup_dir else []
     if stop_after:
         callbacks.append(_Stop(stop_after))
-    ds, epochs, steps = stages._feature_dataset(
-        x, y, 16, seed=5, passes=20,
+    ds, epochs, steps = fits.feature_dataset(
+        x,
+        y,
+        16,
+        seed=5,
+        passes=20,
         resume_epoch=epoch_backup.resume_epoch(backup_dir) if backup_dir else 0,
-        min_steps=min_steps)
+        min_steps=min_steps,
+    )
     model.fit(ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=0)
     return model.get_weights(), (epochs, steps)
 
@@ -273,13 +305,24 @@ def test_grouped_passes_train_on_the_same_batches_and_resume(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("passes, steps, expected", [(60, 21, 10), (10, 64, 5), (40, 64, 4),
-                                                     (3, 5, 3), (7, 300, 1), (1, 2, 1),
-                                                     (7, 64, 1), (13, 21, 13), (12, 100, 2)])
+@pytest.mark.parametrize(
+    "passes, steps, expected",
+    [
+        (60, 21, 10),
+        (10, 64, 5),
+        (40, 64, 4),
+        (3, 5, 3),
+        (7, 300, 1),
+        (1, 2, 1),
+        (7, 64, 1),
+        (13, 21, 13),
+        (12, 100, 2),
+    ],
+)
 def test_passes_per_epoch(passes, steps, expected):
-    from flam_tf import stages
+    from flam_tf.stages import fits
 
-    assert stages._passes_per_epoch(passes, steps, min_steps=200) == expected
+    assert fits.passes_per_epoch(passes, steps, min_steps=200) == expected
 
 
 def test_a_backup_made_with_other_steps_per_epoch_is_refused(tmp_path):

@@ -14,13 +14,12 @@ import time
 import grpc
 import numpy as np
 import pytest
+from serving_fixtures import FEATURE_DIM, cosine_top_k, gallery_npz, keras_extract, load_png
 
 from flam_tf import vocabulary
-from flam_tf.serving import client as client_lib
+from flam_tf.serving import client_cli
 from flam_tf.serving import signatures as sig
 from flam_tf.serving.client import FlamClient, FlamServingError, parse_edits
-from serving_fixtures import (FEATURE_DIM, client, cosine_top_k, exported,  # noqa: F401
-                              gallery_npz, keras_extract, keras_models, load_png, run_dir, server)
 
 pytestmark = pytest.mark.serving
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,19 +39,24 @@ def check_client_matches_keras(client, run_dir, keras_models):
     png_bytes = [open(p, "rb").read() for p in paths]
     features = client.extract(png_bytes)
     np.testing.assert_allclose(features, expected, atol=1e-5)
-    np.testing.assert_allclose(client.extract_pixels(load_png(paths[0])[np.newaxis]),
-                               expected[:1], atol=1e-5)
+    np.testing.assert_allclose(
+        client.extract_pixels(load_png(paths[0])[np.newaxis]), expected[:1], atol=1e-5
+    )
 
     # One edit per row, different per row; then two edits in sequence on one row.
-    idx = lambda a, v: (np.int32(vocabulary.attribute_index(a)),  # noqa: E731
-                        np.int32(vocabulary.class_index(a, v)))
+    def idx(a, v):
+        return np.int32(vocabulary.attribute_index(a)), np.int32(vocabulary.class_index(a, v))
+
     edits = [("color", "red"), ("pattern", "striped"), ("shape", "dress")]
     got = client.manipulate(features, [a for a, _ in edits], [v for _, v in edits])
     a_idx, v_idx = (np.array(x) for x in zip(*(idx(a, v) for a, v in edits)))
-    np.testing.assert_allclose(got, manipulator.manipulate_indices(features, a_idx, v_idx),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        got, manipulator.manipulate_indices(features, a_idx, v_idx), atol=1e-5
+    )
     got = client.manipulate(features[:1], *parse_edits("color=red,pattern=striped"))
-    step = manipulator.manipulate_indices(features[:1], *(np.array([i]) for i in idx("color", "red")))
+    step = manipulator.manipulate_indices(
+        features[:1], *(np.array([i]) for i in idx("color", "red"))
+    )
     step = manipulator.manipulate_indices(step, *(np.array([i]) for i in idx("pattern", "striped")))
     np.testing.assert_allclose(got, step, atol=1e-5)
 
@@ -93,6 +97,7 @@ def test_metadata_status_and_versions(client):
 
 def test_metadata_field_other_than_signature_def_is_invalid(server):
     from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc
+
     with grpc.insecure_channel(server) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         request = get_model_metadata_pb2.GetModelMetadataRequest()
@@ -106,32 +111,66 @@ def test_metadata_field_other_than_signature_def_is_invalid(server):
 
 _F = np.full((2, FEATURE_DIM), 0.5, np.float32)
 BAD_REQUESTS = {  # name -> (call, expected code, substrings of the message)
-    "not_an_image": (lambda c: c.extract([b"definitely not an image"]), INVALID,
-                     ["Unknown image file format"]),
-    "wrong_width": (lambda c: c.search(np.ones((1, FEATURE_DIM + 3), np.float32)), INVALID,
-                    [f"{sig.FEATURE} has shape [1, {FEATURE_DIM + 3}]"]),
-    "nan_feature": (lambda c: c.manipulate(np.full((1, FEATURE_DIM), np.nan), "color", "red"),
-                    INVALID, ["feature must be finite", "NaN"]),
-    "unknown_model": (lambda c: c.predict("nope", sig.SERVING_DEFAULT, {}),
-                      grpc.StatusCode.NOT_FOUND, ["Servable not found for request: Latest(nope)"]),
-    "unknown_signature": (lambda c: c.predict(sig.SEARCHER, "nope", {sig.FEATURE: _F}), INVALID,
-                          ['Serving signature name: "nope" not found in signature def']),
-    "missing_input": (lambda c: c.predict(sig.MANIPULATOR, sig.SERVING_DEFAULT, {sig.FEATURE: _F}),
-                      INVALID, ["Missing but required: {attribute,value}"]),
-    "wrong_dtype": (lambda c: c.predict(sig.SEARCHER, sig.SERVING_DEFAULT,
-                                        {sig.FEATURE: _F.astype(np.float64)}), INVALID,
-                    ["to be float32 but float64 is provided"]),
-    "unknown_attribute": (lambda c: c.manipulate(_F, ["color", "colour"], ["red", "red"]), INVALID,
-                          ["Unknown attribute. Received: attribute=colour",
-                           "expected one of [shape, color, pattern]"]),
-    "unknown_value": (lambda c: c.manipulate(_F, "color;pattern", "red;plaid"), INVALID,
-                      ["Unknown pattern value. Received: value=plaid",
-                       ", ".join(vocabulary.CLASSES["pattern"])]),
-    "edit_count_mismatch": (lambda c: c.manipulate(_F, "color;pattern", "red"), INVALID,
-                            ["as many edits"]),
-    "too_many_edits": (lambda c: c.manipulate(_F, "color;pattern;shape;color",
-                                              "red;solid;dress;blue"), INVALID,
-                       [f"At most {sig.MAX_EDITS} edits"]),
+    "not_an_image": (
+        lambda c: c.extract([b"definitely not an image"]),
+        INVALID,
+        ["Unknown image file format"],
+    ),
+    "wrong_width": (
+        lambda c: c.search(np.ones((1, FEATURE_DIM + 3), np.float32)),
+        INVALID,
+        [f"{sig.FEATURE} has shape [1, {FEATURE_DIM + 3}]"],
+    ),
+    "nan_feature": (
+        lambda c: c.manipulate(np.full((1, FEATURE_DIM), np.nan), "color", "red"),
+        INVALID,
+        ["feature must be finite", "NaN"],
+    ),
+    "unknown_model": (
+        lambda c: c.predict("nope", sig.SERVING_DEFAULT, {}),
+        grpc.StatusCode.NOT_FOUND,
+        ["Servable not found for request: Latest(nope)"],
+    ),
+    "unknown_signature": (
+        lambda c: c.predict(sig.SEARCHER, "nope", {sig.FEATURE: _F}),
+        INVALID,
+        ['Serving signature name: "nope" not found in signature def'],
+    ),
+    "missing_input": (
+        lambda c: c.predict(sig.MANIPULATOR, sig.SERVING_DEFAULT, {sig.FEATURE: _F}),
+        INVALID,
+        ["Missing but required: {attribute,value}"],
+    ),
+    "wrong_dtype": (
+        lambda c: c.predict(
+            sig.SEARCHER, sig.SERVING_DEFAULT, {sig.FEATURE: _F.astype(np.float64)}
+        ),
+        INVALID,
+        ["to be float32 but float64 is provided"],
+    ),
+    "unknown_attribute": (
+        lambda c: c.manipulate(_F, ["color", "colour"], ["red", "red"]),
+        INVALID,
+        [
+            "Unknown attribute. Received: attribute=colour",
+            "expected one of [shape, color, pattern]",
+        ],
+    ),
+    "unknown_value": (
+        lambda c: c.manipulate(_F, "color;pattern", "red;plaid"),
+        INVALID,
+        ["Unknown pattern value. Received: value=plaid", ", ".join(vocabulary.CLASSES["pattern"])],
+    ),
+    "edit_count_mismatch": (
+        lambda c: c.manipulate(_F, "color;pattern", "red"),
+        INVALID,
+        ["as many edits"],
+    ),
+    "too_many_edits": (
+        lambda c: c.manipulate(_F, "color;pattern;shape;color", "red;solid;dress;blue"),
+        INVALID,
+        [f"At most {sig.MAX_EDITS} edits"],
+    ),
 }
 
 
@@ -179,10 +218,17 @@ def test_parse_edits():
 
 def test_cli_search_prints_table_and_contact_sheet(server, run_dir, tmp_path, capsys):
     from PIL import Image
+
     sheet = str(tmp_path / "sheet.png")
-    code = client_lib.run_cli("search", server, images=_image_paths(run_dir, 1),
-                              sets=["color=red"], k=3, contact_sheet=sheet,
-                              gallery_root=os.path.join(run_dir, "data"))
+    code = client_cli.run_cli(
+        "search",
+        server,
+        images=_image_paths(run_dir, 1),
+        sets=["color=red"],
+        k=3,
+        contact_sheet=sheet,
+        gallery_root=os.path.join(run_dir, "data"),
+    )
     out = capsys.readouterr().out.splitlines()
     assert code == 0
     assert out[0].split() == ["query", "rank", "score", "id"]
@@ -192,8 +238,9 @@ def test_cli_search_prints_table_and_contact_sheet(server, run_dir, tmp_path, ca
 
 
 def test_cli_error_is_one_line(server, run_dir, capsys):
-    code = client_lib.run_cli("manipulate", server, images=_image_paths(run_dir, 1),
-                              sets=["colour=red"])
+    code = client_cli.run_cli(
+        "manipulate", server, images=_image_paths(run_dir, 1), sets=["colour=red"]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert err.count("\n") == 1 and err.startswith("error: INVALID_ARGUMENT: ")
@@ -207,19 +254,43 @@ def test_command_lines_smoke(exported, run_dir, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "serving.dev_server", "--model_config_file",
-         exported["models.config"], "--port", str(port)],
-        cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "serving.dev_server",
+            "--model_config_file",
+            exported["models.config"],
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         with FlamClient(f"127.0.0.1:{port}") as c:
             c.wait_until_available(timeout_s=120)
         base = [sys.executable, "-m", "serving.client", "--server", f"127.0.0.1:{port}"]
-        ok = subprocess.run(base + ["describe", "--image", _image_paths(run_dir, 1)[0]],
-                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+        ok = subprocess.run(
+            base + ["describe", "--image", _image_paths(run_dir, 1)[0]],
+            cwd=ROOT,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert ok.returncode == 0, ok.stderr[-2000:]
         assert ok.stdout.split()[:4] == ["query", *vocabulary.ATTRIBUTE_TYPES]
-        bad = subprocess.run(base + ["search", "--feature_npy", str(tmp_path / "missing.npy")],
-                             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+        bad = subprocess.run(
+            base + ["search", "--feature_npy", str(tmp_path / "missing.npy")],
+            cwd=ROOT,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert bad.returncode == 1 and "Traceback" not in bad.stderr
         assert bad.stderr.strip().splitlines()[-1].startswith("error: ")
     finally:
@@ -234,8 +305,11 @@ def test_load_8_threads_zero_errors(client, server):
     """8 threads x up to 200 requests (manipulate / search / describe), bounded at 120 s."""
     threads, per_thread, deadline = 8, 200, time.monotonic() + 120
     latencies, errors, lock = [], [], threading.Lock()
-    calls = [lambda c: c.search(_F, k=5), lambda c: c.manipulate(_F, "color", "red"),
-             lambda c: c.describe(_F)]
+    calls = [
+        lambda c: c.search(_F, k=5),
+        lambda c: c.manipulate(_F, "color", "red"),
+        lambda c: c.describe(_F),
+    ]
 
     def worker(seed):
         with FlamClient(server, timeout_s=30.0) as c:
@@ -260,24 +334,34 @@ def test_load_8_threads_zero_errors(client, server):
         t.join()
     wall = time.perf_counter() - start
     ms = np.array(latencies) * 1000
-    print(f"\nload: {len(ms)} ok, {len(errors)} errors in {wall:.1f} s "
-          f"({len(ms) / wall:.0f} req/s); latency p50 {np.percentile(ms, 50):.1f} ms, "
-          f"p99 {np.percentile(ms, 99):.1f} ms")
+    print(
+        f"\nload: {len(ms)} ok, {len(errors)} errors in {wall:.1f} s "
+        f"({len(ms) / wall:.0f} req/s); latency p50 {np.percentile(ms, 50):.1f} ms, "
+        f"p99 {np.percentile(ms, 99):.1f} ms"
+    )
     assert not errors, errors[:3]
     assert len(ms) > 0
 
 
-@pytest.mark.skipif(shutil.which("tensorflow_model_server") is None,
-                    reason="tensorflow_model_server is not on PATH (not on PyPI or Debian; "
-                           "install it or use the tensorflow/serving container to run this)")
+@pytest.mark.skipif(
+    shutil.which("tensorflow_model_server") is None,
+    reason="tensorflow_model_server is not on PATH (not on PyPI or Debian; "
+    "install it or use the tensorflow/serving container to run this)",
+)
 def test_real_tensorflow_model_server(exported, run_dir, keras_models):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [shutil.which("tensorflow_model_server"), f"--port={port}", "--rest_api_port=0",
-         f"--model_config_file={exported['models.config']}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [
+            shutil.which("tensorflow_model_server"),
+            f"--port={port}",
+            "--rest_api_port=0",
+            f"--model_config_file={exported['models.config']}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         with FlamClient(f"127.0.0.1:{port}", timeout_s=30.0) as c:
             c.wait_until_available(timeout_s=120)

@@ -28,13 +28,26 @@ def _digest(directory):
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
-    """The CLI run of the issue's example, twice into two directories."""
+    """The CLI with the same flags, run twice into two directories."""
     dirs = []
     for name in ("a", "b"):
         out = tmp_path_factory.mktemp(name)
-        subprocess.run([sys.executable, "-m", "flam_tf.data.synthetic", "--out", str(out),
-                        "--num_instances", "200", "--seed", "7"], check=True, cwd=REPO,
-                       capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "flam_tf.data.synthetic",
+                "--out",
+                str(out),
+                "--num_instances",
+                "200",
+                "--seed",
+                "7",
+            ],
+            check=True,
+            cwd=REPO,
+            capture_output=True,
+        )
         dirs.append(str(out))
     return dirs
 
@@ -67,18 +80,22 @@ def test_other_seed_gives_other_images():
 def test_rendering_does_not_depend_on_batch_size():
     config = synthetic.SyntheticConfig(num_instances=40, seed=3, image_size=32)
     specs = synthetic.image_specs(config)[:30]
-    np.testing.assert_array_equal(synthetic.render_specs(specs, config, batch_size=7),
-                                  synthetic.render_specs(specs, config, batch_size=64))
+    np.testing.assert_array_equal(
+        synthetic.render_specs(specs, config, batch_size=7),
+        synthetic.render_specs(specs, config, batch_size=64),
+    )
 
 
 def test_written_files_do_not_depend_on_the_number_of_processes(tmp_path):
     """write_benchmark renders batches in worker processes: the files are the same as one
     process writes (the batches are split unevenly over the workers)."""
     config = synthetic.SyntheticConfig(num_instances=60, seed=4, image_size=32)
-    one = synthetic.write_benchmark(str(tmp_path / "one"), config, batch_size=50, progress=False,
-                                    processes=1)
-    two = synthetic.write_benchmark(str(tmp_path / "two"), config, batch_size=50, progress=False,
-                                    processes=2)
+    one = synthetic.write_benchmark(
+        str(tmp_path / "one"), config, batch_size=50, progress=False, processes=1
+    )
+    two = synthetic.write_benchmark(
+        str(tmp_path / "two"), config, batch_size=50, progress=False, processes=2
+    )
     assert len(one) == len(two) > 100
     a, b = _digest(str(tmp_path / "one")), _digest(str(tmp_path / "two"))
     assert a == b and len(a) == len(one) + 2  # the images, manifest.csv, contact_sheet.png
@@ -95,8 +112,11 @@ def test_twins_differ_in_exactly_one_attribute_and_keep_traits(written):
     m = manifest_lib.read_manifest(os.path.join(written[0], "manifest.csv"))
     twins = np.nonzero(m["twin_of"] != "")[0]
     assert len(twins) > 10
-    by_id = {iid: i for i, iid in enumerate(m["instance_id"]) if m["twin_of"][i] == ""
-             and m["split"][i] == "fam_eval"}
+    by_id = {
+        iid: i
+        for i, iid in enumerate(m["instance_id"])
+        if m["twin_of"][i] == "" and m["split"][i] == "fam_eval"
+    }
     for t in twins:
         s = by_id[m["twin_of"][t]]
         changed = [a for a in vocabulary.ATTRIBUTE_TYPES if m[a][t] != m[a][s]]
@@ -109,8 +129,11 @@ def test_twin_keeps_pose_and_changes_pixels():
     config = synthetic.SyntheticConfig(num_instances=60, seed=5, image_size=48)
     specs = synthetic.image_specs(config)
     twins = [s for s in specs if s.instance.twin_of is not None]
-    source = {s.instance.index: s for s in specs
-              if s.instance.split == "fam_eval" and s.instance.twin_of is None}
+    source = {
+        s.instance.index: s
+        for s in specs
+        if s.instance.split == "fam_eval" and s.instance.twin_of is None
+    }
     color_twin = next(t for t in twins if t.instance.changed_attribute == "color")
     a, b = synthetic.render_specs([source[color_twin.instance.twin_of], color_twin], config)
     background = np.all(a == a[0, 0], axis=-1)  # the plain shop background, same in both
@@ -128,12 +151,21 @@ def test_splits_are_disjoint_by_instance_and_labels_follow_the_split():
         assert split_of.setdefault(key, r["split"]) == r["split"]
     assert set(split_of.values()) == set(manifest_lib.SPLITS)
     for split in ("extractor_train", "unlabelled"):
-        assert all(r[a] == "" for r in rows if r["split"] == split
-                   for a in vocabulary.ATTRIBUTE_TYPES)
-    assert all(r[a] != "" for r in rows if r["split"] in ("fam_eval", "fir_eval")
-               for a in vocabulary.ATTRIBUTE_TYPES)
-    attr = [r[a] == "" for r in rows if r["split"] == "attribute_train"
-            for a in vocabulary.ATTRIBUTE_TYPES]
+        assert all(
+            r[a] == "" for r in rows if r["split"] == split for a in vocabulary.ATTRIBUTE_TYPES
+        )
+    assert all(
+        r[a] != ""
+        for r in rows
+        if r["split"] in ("fam_eval", "fir_eval")
+        for a in vocabulary.ATTRIBUTE_TYPES
+    )
+    attr = [
+        r[a] == ""
+        for r in rows
+        if r["split"] == "attribute_train"
+        for a in vocabulary.ATTRIBUTE_TYPES
+    ]
     assert 0.3 < np.mean(attr) < 0.5  # label_missing_prob = 0.4 over ~330 labels
 
 
@@ -170,13 +202,35 @@ def test_joint_distribution_is_entangled_and_configurable():
     np.testing.assert_allclose(q, outer, rtol=1e-9)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"num_instances": 3}, "num_instances"),
-    ({"image_size": 8}, "image_size"),
-    ({"label_missing_prob": 1.5}, "label_missing_prob"),
-    ({"split_fractions": {"train": 1.0}}, "split_fractions"),
-    ({"twins_per_item": 5}, "twins_per_item"),
-])
+def test_package_modules_import_only_lower_layers():
+    """config <- catalogue <- rendering <- benchmark <- __main__: no module imports a higher one."""
+    import ast
+
+    layers = ["config", "catalogue", "rendering", "benchmark", "__main__"]
+    package = os.path.join(REPO, "flam_tf", "data", "synthetic")
+    for rank, name in enumerate(layers):
+        with open(os.path.join(package, name + ".py")) as f:
+            tree = ast.parse(f.read())
+        imported = {
+            node.module.rsplit(".", 1)[-1]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.startswith("flam_tf.data.synthetic.")
+        }
+        assert imported <= set(layers[:rank]), (name, imported)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_instances": 3}, "num_instances"),
+        ({"image_size": 8}, "image_size"),
+        ({"label_missing_prob": 1.5}, "label_missing_prob"),
+        ({"split_fractions": {"train": 1.0}}, "split_fractions"),
+        ({"twins_per_item": 5}, "twins_per_item"),
+    ],
+)
 def test_bad_config_is_refused_with_the_setting_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         synthetic.SyntheticConfig(**kwargs).validate()

@@ -18,19 +18,36 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_smoke_run_leaves_every_file(smoke_run):
     run_dir, output = smoke_run
-    for name in ("config.json", "stages.json", "report.json", "report.md", "data/manifest.csv",
-                 "models/extractor.keras", "models/embedder.keras", "models/manipulator.keras",
-                 "models/manipulator_paper_M_OS_adv.keras",
-                 "models/cls_concat.keras", "models/emb_concat.keras",
-                 "models/cls_concat_on_x.keras", "models/emb_concat_on_x.keras",
-                 "features/cls_concat_features.npz", "features/emb_concat_features.npz",
-                 "features/features.npz", "features/fam_gallery.npz",
-                 "figures/figure2_manipulation.png", "figures/figure3_embeddings.png",
-                 "figures/training_curves.png", "export/models.config"):
+    for name in (
+        "config.json",
+        "stages.json",
+        "report.json",
+        "report.md",
+        "data/manifest.csv",
+        "models/extractor.keras",
+        "models/embedder.keras",
+        "models/manipulator.keras",
+        "models/manipulator_paper_M_OS_adv.keras",
+        "models/cls_concat.keras",
+        "models/emb_concat.keras",
+        "models/cls_concat_on_x.keras",
+        "models/emb_concat_on_x.keras",
+        "features/cls_concat_features.npz",
+        "features/emb_concat_features.npz",
+        "features/features.npz",
+        "features/fam_gallery.npz",
+        "figures/figure2_manipulation.png",
+        "figures/figure3_embeddings.png",
+        "figures/training_curves.png",
+        "export/models.config",
+    ):
         assert os.path.exists(os.path.join(run_dir, name)), name
     assert os.path.isdir(os.path.join(run_dir, "checkpoints"))
-    assert any(f.startswith("events.") for _, _, files in os.walk(os.path.join(run_dir, "logs"))
-               for f in files), "no TensorBoard event files under logs/"
+    assert any(
+        f.startswith("events.")
+        for _, _, files in os.walk(os.path.join(run_dir, "logs"))
+        for f in files
+    ), "no TensorBoard event files under logs/"
     with open(os.path.join(run_dir, "stages.json")) as f:
         assert list(json.load(f)) == list(config_lib.STAGES)
     assert "report: " in output and "FAM T@10" in output  # the terminal summary table
@@ -40,8 +57,18 @@ def test_report_json_has_the_documented_keys(smoke_run):
     run_dir, _ = smoke_run
     with open(os.path.join(run_dir, "report.json")) as f:
         report = json.load(f)
-    for key in ("fir", "fam", "twin_recall", "attribute_accuracy", "cycle_cosine", "num_queries",
-                "timings_s", "dataset", "preset", "seed"):
+    for key in (
+        "fir",
+        "fam",
+        "twin_recall",
+        "attribute_accuracy",
+        "cycle_cosine",
+        "num_queries",
+        "timings_s",
+        "dataset",
+        "preset",
+        "seed",
+    ):
         assert key in report, key
     baselines = {"Cls-Concat", "Emb-Concat", "Cls-Concat (on x)", "Emb-Concat (on x)"}
     assert set(report["fir"]) == {"FLAM"} | baselines
@@ -49,7 +76,9 @@ def test_report_json_has_the_documented_keys(smoke_run):
     assert set(report["fam"]) == {"Identity", "FLAM", "FLAM (paper)", "Mean-Shift"} | baselines
     for method in report["fam"].values():
         assert set(method) == {"shape", "color", "pattern", "all"}
-        assert [f"T@{k}" for k in metrics.FAM_KS] == [k for k in method["all"] if k.startswith("T@")]
+        assert [f"T@{k}" for k in metrics.FAM_KS] == [
+            k for k in method["all"] if k.startswith("T@")
+        ]
     assert set(report["twin_recall"]["Identity"]) >= {"R@1", "R@10", "R@50"}
     assert set(report["attribute_accuracy"]) == {"original", "methods"}
     assert set(report["attribute_accuracy"]["methods"]) == {"FLAM", "FLAM (paper)", "Mean-Shift"}
@@ -67,8 +96,9 @@ def test_fam_gallery_npz_recomputes_identity_t_at_k(smoke_run):
     run_dir, _ = smoke_run
     with np.load(os.path.join(run_dir, "features", "fam_gallery.npz"), allow_pickle=False) as z:
         feature, twin_of = z["feature"], z["twin_of"]
-        labels = np.stack([[vocabulary.CLASSES[a].index(v) for v in z[a]]
-                           for a in vocabulary.ATTRIBUTE_TYPES], 1)
+        labels = np.stack(
+            [[vocabulary.CLASSES[a].index(v) for v in z[a]] for a in vocabulary.ATTRIBUTE_TYPES], 1
+        )
         assert feature.dtype == np.float32 and feature.ndim == 2
         assert set(z.files) >= {"feature", "instance_id", "shape", "color", "pattern", "twin_of"}
     query = np.nonzero(twin_of == "")[0]
@@ -107,10 +137,16 @@ def test_fam_gallery_npz_recomputes_identity_t_at_k(smoke_run):
 
 def _fam_store(run_dir):
     with np.load(os.path.join(run_dir, "features", "fam_gallery.npz"), allow_pickle=False) as z:
-        labels = np.stack([[vocabulary.CLASSES[a].index(v) for v in z[a]]
-                           for a in vocabulary.ATTRIBUTE_TYPES], 1)
-        return (z["feature"].astype(np.float64), labels, z["instance_id"], z["twin_of"],
-                z["is_query"])
+        labels = np.stack(
+            [[vocabulary.CLASSES[a].index(v) for v in z[a]] for a in vocabulary.ATTRIBUTE_TYPES], 1
+        )
+        return (
+            z["feature"].astype(np.float64),
+            labels,
+            z["instance_id"],
+            z["twin_of"],
+            z["is_query"],
+        )
 
 
 def test_twin_recall_recomputed_from_the_saved_features_and_model(smoke_run):
@@ -130,8 +166,11 @@ def test_twin_recall_recomputed_from_the_saved_features_and_model(smoke_run):
         pairs.append((q, g, a, labels[g, a]))
     q, g, a, v = (np.array(c) for c in zip(*pairs))
     unit = feature / np.linalg.norm(feature, axis=1, keepdims=True)
-    edited = np.asarray(model.manipulate_indices(feature[q].astype(np.float32),
-                                                 a.astype(np.int32), v.astype(np.int32)))
+    edited = np.asarray(
+        model.manipulate_indices(
+            feature[q].astype(np.float32), a.astype(np.int32), v.astype(np.int32)
+        )
+    )
     with open(os.path.join(run_dir, "report.json")) as f:
         report = json.load(f)["twin_recall"]
     for method, vectors in (("Identity", feature[q]), ("FLAM", edited)):
@@ -167,10 +206,16 @@ def test_probe_accuracy_recomputed_from_the_saved_features(smoke_run):
         y = m.labels(attribute)
         rows = (split == "attribute_train") & (y >= 0)
         keras.utils.set_random_seed(seed)
-        probe = keras.Sequential([keras.Input((all_features.shape[1],)),
-                                  keras.layers.Dense(vocabulary.NUM_CLASSES[attribute])])
-        probe.compile(optimizer=keras.optimizers.Adam(1e-2),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        probe = keras.Sequential(
+            [
+                keras.Input((all_features.shape[1],)),
+                keras.layers.Dense(vocabulary.NUM_CLASSES[attribute]),
+            ]
+        )
+        probe.compile(
+            optimizer=keras.optimizers.Adam(1e-2),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
         probe.fit(all_features[rows], y[rows], epochs=30, batch_size=256, verbose=0)
         pred = np.argmax(probe.predict(feature[is_query].astype(np.float32), verbose=0), 1)
         accuracy = float(np.mean(pred == labels[is_query, a]))
@@ -179,9 +224,20 @@ def test_probe_accuracy_recomputed_from_the_saved_features(smoke_run):
 
 def test_rerun_skips_finished_stages(smoke_run):
     run_dir, _ = smoke_run
-    result = subprocess.run([sys.executable, "-m", "flam_tf.train", "--preset=smoke",
-                             f"--run_dir={run_dir}", "--stages=data,extractor"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flam_tf.train",
+            "--preset=smoke",
+            f"--run_dir={run_dir}",
+            "--stages=data,extractor",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "== data: finished earlier, skipped" in result.stdout
     assert "== extractor: finished earlier, skipped" in result.stdout
@@ -196,8 +252,10 @@ def test_without_the_comparison_rows_flam_reports_the_same(smoke_run, tmp_path):
     full_dir, _ = smoke_run
     run_dir = str(tmp_path / "run")
     shutil.copytree(full_dir, run_dir)
-    for folder, prefixes in (("models", ("manipulator", "cls_concat", "emb_concat")),
-                             ("features", ("cls_concat", "emb_concat"))):
+    for folder, prefixes in (
+        ("models", ("manipulator", "cls_concat", "emb_concat")),
+        ("features", ("cls_concat", "emb_concat")),
+    ):
         for name in os.listdir(os.path.join(run_dir, folder)):
             if name.startswith(prefixes):
                 os.remove(os.path.join(run_dir, folder, name))
@@ -205,36 +263,75 @@ def test_without_the_comparison_rows_flam_reports_the_same(smoke_run, tmp_path):
     with open(stages_path) as f:
         stages = json.load(f)
     with open(stages_path, "w") as f:
-        json.dump({k: v for k, v in stages.items()
-                   if k in ("data", "extractor", "features", "embedders")}, f)
-    result = subprocess.run([sys.executable, "-m", "flam_tf.train", "--preset=smoke",
-                             f"--run_dir={run_dir}", "--noevaluation_compare",
-                             "--stages=manipulator,baselines,evaluate"],
-                            cwd=REPO, capture_output=True, text=True, timeout=600)
+        json.dump(
+            {
+                k: v
+                for k, v in stages.items()
+                if k in ("data", "extractor", "features", "embedders")
+            },
+            f,
+        )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flam_tf.train",
+            "--preset=smoke",
+            f"--run_dir={run_dir}",
+            "--noevaluation_compare",
+            "--stages=manipulator,baselines,evaluate",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert sorted(os.listdir(os.path.join(run_dir, "models"))) == [
-        "cls_concat_on_x.keras", "emb_concat_on_x.keras", "embedder.keras", "extractor.keras",
-        "manipulator.keras"]
+        "cls_concat_on_x.keras",
+        "emb_concat_on_x.keras",
+        "embedder.keras",
+        "extractor.keras",
+        "manipulator.keras",
+    ]
     with open(os.path.join(full_dir, "report.json")) as f:
         full = json.load(f)
     with open(os.path.join(run_dir, "report.json")) as f:
         own = json.load(f)
-    assert list(own["fam"]) == ["Identity", "FLAM", "Mean-Shift", "Cls-Concat (on x)",
-                                "Emb-Concat (on x)"]
+    assert list(own["fam"]) == [
+        "Identity",
+        "FLAM",
+        "Mean-Shift",
+        "Cls-Concat (on x)",
+        "Emb-Concat (on x)",
+    ]
     assert set(full["fam"]) - set(own["fam"]) == {"FLAM (paper)", "Cls-Concat", "Emb-Concat"}
     for method in own["fam"]:
         assert own["fam"][method] == full["fam"][method], method
         assert own["twin_recall"][method] == full["twin_recall"][method], method
     assert own["fir"] == {k: v for k, v in full["fir"].items() if k in own["fir"]}
     assert own["attribute_accuracy"]["methods"] == {
-        k: v for k, v in full["attribute_accuracy"]["methods"].items() if k != "FLAM (paper)"}
+        k: v for k, v in full["attribute_accuracy"]["methods"].items() if k != "FLAM (paper)"
+    }
 
 
 def test_other_settings_in_the_same_run_dir_are_refused(smoke_run):
     run_dir, _ = smoke_run
-    result = subprocess.run([sys.executable, "-m", "flam_tf.train", "--preset=smoke",
-                             f"--run_dir={run_dir}", "--extractor_epochs=7", "--stages=data"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flam_tf.train",
+            "--preset=smoke",
+            f"--run_dir={run_dir}",
+            "--extractor_epochs=7",
+            "--stages=data",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode != 0
     assert "extractor.epochs: 2 -> 7" in result.stderr
 
@@ -249,9 +346,14 @@ _LOG_LINE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages 
 
 
 def _train(*flags, timeout=120):
-    return subprocess.run([sys.executable, "-m", "flam_tf.train", *flags], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    return subprocess.run(
+        [sys.executable, "-m", "flam_tf.train", *flags],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
 
 
 def _one_error_line(result, allow_log_lines=False):
@@ -275,19 +377,25 @@ def _not_writable_dir(tmp_path):
     return str(path / "run")
 
 
-@pytest.mark.parametrize("case, message", [
-    ("unknown_preset", r"Unknown preset. Received: preset='huge'"),
-    ("unknown_stage", r"Unknown stages \['bogus'\]"),
-    ("run_dir_is_a_file", r"--run_dir .*afile is a file"),
-    ("run_dir_inside_a_file", r"--run_dir .*afile/run is inside a file"),
-    ("run_dir_not_writable", r"--run_dir .* is not writable"),
-    ("negative_epochs", r"extractor.epochs must be >= 1. Received: -1"),
-    ("bad_flag_value", r"flag --extractor_epochs=many: invalid literal"),
-    ("unknown_flag", r"Unknown command line flag 'bogus'"),
-    ("extra_argument", r"unexpected arguments \['extra'\]"),
-    ("damaged_config_json", r"config.json is damaged"),
-    ("earlier_stage_missing", r"stage features needs the extractor stage, which has not finished"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("unknown_preset", r"Unknown preset. Received: preset='huge'"),
+        ("unknown_stage", r"Unknown stages \['bogus'\]"),
+        ("run_dir_is_a_file", r"--run_dir .*afile is a file"),
+        ("run_dir_inside_a_file", r"--run_dir .*afile/run is inside a file"),
+        ("run_dir_not_writable", r"--run_dir .* is not writable"),
+        ("negative_epochs", r"extractor.epochs must be >= 1. Received: -1"),
+        ("bad_flag_value", r"flag --extractor_epochs=many: invalid literal"),
+        ("unknown_flag", r"Unknown command line flag 'bogus'"),
+        ("extra_argument", r"unexpected arguments \['extra'\]"),
+        ("damaged_config_json", r"config.json is damaged"),
+        (
+            "earlier_stage_missing",
+            r"stage features needs the extractor stage, which has not finished",
+        ),
+    ],
+)
 def test_errors_are_one_line_with_exit_code_2(tmp_path, case, message):
     run_dir = tmp_path / "run"
     (tmp_path / "afile").write_text("")
@@ -316,12 +424,12 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, case, message):
 
 
 def test_verbose_adds_the_traceback(tmp_path):
-    result = _train("--preset=smoke", f"--run_dir={tmp_path}", "--extractor_epochs=-1",
-                    "--verbose")
+    result = _train("--preset=smoke", f"--run_dir={tmp_path}", "--extractor_epochs=-1", "--verbose")
     assert result.returncode == 2
     assert "Traceback (most recent call last)" in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        "flam_tf.train: error: extractor.epochs must be >= 1. Received: -1")
+        "flam_tf.train: error: extractor.epochs must be >= 1. Received: -1"
+    )
 
 
 def test_error_messages_are_collapsed_to_one_line():
@@ -350,18 +458,24 @@ def _tiny_real_sources(root):
     with open(os.path.join(root, "inshop", "list_eval_partition.txt"), "w") as f:
         f.write("\n".join([str(len(entries)), "image_name item_id evaluation_status", *entries]))
     os.makedirs(os.path.join(root, "darn"))
-    with open(os.path.join(root, "darn", "label_train.txt"), "w") as labels, \
-            open(os.path.join(root, "darn", "filenames_train.txt"), "w") as names:
+    with (
+        open(os.path.join(root, "darn", "label_train.txt"), "w") as labels,
+        open(os.path.join(root, "darn", "filenames_train.txt"), "w") as names,
+    ):
         for i in range(6):  # the DARN layout of ASEN/ASEN++ (see flam_tf/data/readers/darn.py)
             labels.write(f"{i}\t0\t0\t2\t0\t4\t0\n")
             names.write(f"pic/{i:03d}.jpg\n")
             jpeg(os.path.join(root, "darn", "pic", f"{i:03d}.jpg"))
     jpeg(os.path.join(root, "extra", "a.jpg"))
-    return ["--preset=smoke", "--stages=data", "--data_fam_eval_size=2",
-            "--data_extractor_source=deepfashion_inshop",
-            f"--data_extractor_data_dir={os.path.join(root, 'inshop')}",
-            "--data_attribute_source=darn",
-            f"--data_attribute_data_dir={os.path.join(root, 'darn')}"]
+    return [
+        "--preset=smoke",
+        "--stages=data",
+        "--data_fam_eval_size=2",
+        "--data_extractor_source=deepfashion_inshop",
+        f"--data_extractor_data_dir={os.path.join(root, 'inshop')}",
+        "--data_attribute_source=darn",
+        f"--data_attribute_data_dir={os.path.join(root, 'darn')}",
+    ]
 
 
 def test_missing_image_fails_the_data_stage_with_file_and_line(tmp_path):
@@ -369,27 +483,37 @@ def test_missing_image_fails_the_data_stage_with_file_and_line(tmp_path):
     (read only with real sources; the readers themselves skip and count missing images)."""
     flags = _tiny_real_sources(str(tmp_path))
     unlabelled = tmp_path / "unlabelled.csv"
-    unlabelled.write_text("path,instance_id,domain,split,shape,color,pattern\n"
-                          "extra/a.jpg,u1,street,unlabelled,,,\n"
-                          "extra/missing.jpg,u2,street,unlabelled,,,\n")
+    unlabelled.write_text(
+        "path,instance_id,domain,split,shape,color,pattern\n"
+        "extra/a.jpg,u1,street,unlabelled,,,\n"
+        "extra/missing.jpg,u2,street,unlabelled,,,\n"
+    )
     run_dir = tmp_path / "run"
     for _ in range(2):  # the rerun fails at the data stage the same way (it was not marked done)
         result = _train(*flags, f"--run_dir={run_dir}", f"--data_unlabelled_manifest={unlabelled}")
         line = _one_error_line(result, allow_log_lines=True)
-        assert line == (f"flam_tf.train: error: 1 of 2 images cannot be used: {unlabelled}:3: "
-                        f"extra/missing.jpg: file not found")
+        assert line == (
+            f"flam_tf.train: error: 1 of 2 images cannot be used: {unlabelled}:3: "
+            f"extra/missing.jpg: file not found"
+        )
         assert not (run_dir / "stages.json").exists() or "data" not in json.loads(
-            (run_dir / "stages.json").read_text())
+            (run_dir / "stages.json").read_text()
+        )
     (tmp_path / "extra" / "missing.jpg").write_bytes(b"not a JPEG")  # exists, does not decode
     result = _train(*flags, f"--run_dir={run_dir}", f"--data_unlabelled_manifest={unlabelled}")
     line = _one_error_line(result, allow_log_lines=True)
-    assert re.search(r"1 of 12 images cannot be used: .*data/manifest.csv:\d+: "
-                     r".*extra/missing.jpg: not a decodable image", line), line
+    assert re.search(
+        r"1 of 12 images cannot be used: .*data/manifest.csv:\d+: "
+        r".*extra/missing.jpg: not a decodable image",
+        line,
+    ), line
     os.remove(tmp_path / "extra" / "missing.jpg")
     (tmp_path / "extra" / "a.jpg").rename(tmp_path / "extra" / "missing.jpg")
     with open(unlabelled, "w", encoding="utf-8-sig", newline="") as f:  # BOM and CRLF
-        f.write("path,instance_id,domain,split,shape,color,pattern\r\n"
-                "extra/missing.jpg,u2,street,unlabelled,,,\r\n")
+        f.write(
+            "path,instance_id,domain,split,shape,color,pattern\r\n"
+            "extra/missing.jpg,u2,street,unlabelled,,,\r\n"
+        )
     result = _train(*flags, f"--run_dir={run_dir}", f"--data_unlabelled_manifest={unlabelled}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "data" in json.loads((run_dir / "stages.json").read_text())
@@ -398,9 +522,11 @@ def test_missing_image_fails_the_data_stage_with_file_and_line(tmp_path):
 def test_manifest_with_a_bom_and_crlf_reads_the_same_rows(tmp_path):
     from flam_tf.data import manifest as manifest_lib
 
-    text = ("path,instance_id,domain,split,shape,color,pattern,role\n"
-            "a.png,i1,shop,fir_eval,dress,red,solid,inshop_query\n"
-            "b.png,i2,street,unlabelled,,,,\n")
+    text = (
+        "path,instance_id,domain,split,shape,color,pattern,role\n"
+        "a.png,i1,shop,fir_eval,dress,red,solid,inshop_query\n"
+        "b.png,i2,street,unlabelled,,,,\n"
+    )
     plain, bom = tmp_path / "plain.csv", tmp_path / "bom.csv"
     plain.write_text(text, encoding="utf-8")
     with open(bom, "w", encoding="utf-8-sig", newline="") as f:
@@ -415,41 +541,52 @@ def test_verify_images_names_file_line_and_count(tmp_path):
     from PIL import Image
 
     from flam_tf.data import manifest as manifest_lib
+    from flam_tf.data import verify
 
     Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
     Image.new("RGB", (40, 30)).save(tmp_path / "big.jpg")
     (tmp_path / "bad.png").write_bytes(b"\x89PNG but not really")
     rows = ["ok.png", "missing.png", "bad.png", "big.jpg", "ok.png", "gone.png"]
     path = tmp_path / "manifest.csv"
-    path.write_text("path,instance_id,domain,split,shape,color,pattern\n" + "".join(
-        f"{r},i{i},shop,unlabelled,,,\n" for i, r in enumerate(rows)))
+    path.write_text(
+        "path,instance_id,domain,split,shape,color,pattern\n"
+        + "".join(f"{r},i{i},shop,unlabelled,,,\n" for i, r in enumerate(rows))
+    )
     m = manifest_lib.read_manifest(str(path))
-    manifest_lib.verify_images(m.select(np.array([0, 3, 4])))  # the good rows pass
+    verify.verify_images(m.select(np.array([0, 3, 4])))  # the good rows pass
     with pytest.raises(ValueError) as e:
-        manifest_lib.verify_images(m, max_image_pixels=1000)
+        verify.verify_images(m, max_image_pixels=1000)
     message = str(e.value)
-    assert message.startswith(f"4 of 6 images cannot be used: {path}:3: missing.png: file not "
-                              f"found; {path}:4: bad.png: not a decodable image")
+    assert message.startswith(
+        f"4 of 6 images cannot be used: {path}:3: missing.png: file not "
+        f"found; {path}:4: bad.png: not a decodable image"
+    )
     assert f"{path}:5: big.jpg: 40x30 pixels, more than max_image_pixels=1000" in message
     assert message.endswith("(and 1 more)") and "\n" not in message
     with pytest.raises(ValueError, match=r"^2 of 6 .*:3: missing.png.*:7: gone.png"):
-        manifest_lib.verify_images(m, decode=False)
-    assert manifest_lib.image_size((tmp_path / "big.jpg").read_bytes()) == (30, 40)
+        verify.verify_images(m, decode=False)
+    assert verify.image_size((tmp_path / "big.jpg").read_bytes()) == (30, 40)
 
 
 def test_verify_images_refuses_a_gif_whose_frame_exceeds_the_limit_without_decoding_it(tmp_path):
     """The data stage's decode pass uses the pipeline's bounded decoder: a GIF with a 1 x 1
     logical screen (all the header size check reads) and a 20,000 x 20,000 frame is refused by
     the frame's size, not decoded."""
-    from flam_tf.data import manifest as manifest_lib
     from test_hostile_input import gif_bytes
+
+    from flam_tf.data import manifest as manifest_lib
+    from flam_tf.data import verify
 
     (tmp_path / "bomb.gif").write_bytes(gif_bytes((1, 1), [(20000, 20000)]))
     path = tmp_path / "manifest.csv"
-    path.write_text("path,instance_id,domain,split,shape,color,pattern\n"
-                    "bomb.gif,i0,shop,unlabelled,,,\n")
+    path.write_text(
+        "path,instance_id,domain,split,shape,color,pattern\nbomb.gif,i0,shop,unlabelled,,,\n"
+    )
     m = manifest_lib.read_manifest(str(path))
-    assert manifest_lib.image_size((tmp_path / "bomb.gif").read_bytes()) == (1, 1)
-    with pytest.raises(ValueError, match=r"bomb.gif: not a decodable image \(.*Image of 20000 x "
-                                         r"20000 pixels exceeds"):
-        manifest_lib.verify_images(m, max_image_pixels=4096 * 4096)
+    assert verify.image_size((tmp_path / "bomb.gif").read_bytes()) == (1, 1)
+    with pytest.raises(
+        ValueError,
+        match=r"bomb.gif: not a decodable image \(.*Image of 20000 x "
+        r"20000 pixels exceeds",
+    ):
+        verify.verify_images(m, max_image_pixels=4096 * 4096)

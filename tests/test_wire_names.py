@@ -9,12 +9,12 @@ it must fail here and be a deliberate, documented change of all three places.
 
 import os
 
+from serving_fixtures import FEATURE_DIM
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
 from flam_tf import vocabulary
 from flam_tf.serving import signatures as sig
-from serving_fixtures import FEATURE_DIM, exported, run_dir  # noqa: F401
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEGIN, END = "<!-- wire names: begin -->", "<!-- wire names: end -->"
@@ -71,7 +71,7 @@ def build_md_wire_names():
     with open(os.path.join(REPO, "BUILD.md"), encoding="utf-8") as f:
         text = f.read()
     assert text.count(BEGIN) == 1 and text.count(END) == 1, f"BUILD.md needs one {BEGIN} ... {END}"
-    table = text[text.index(BEGIN) + len(BEGIN):text.index(END)]
+    table = text[text.index(BEGIN) + len(BEGIN) : text.index(END)]
     lines = [line.strip() for line in table.strip().splitlines()]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header[:6] == ["model", "signature", "in/out", "tensor", "dtype", "shape"], header
@@ -87,31 +87,54 @@ def build_md_wire_names():
 def test_exported_savedmodels_have_exactly_the_pinned_wire_names(exported):
     rows, methods = exported_wire_names(exported)
     assert methods == {METHOD}
-    assert rows == WIRE_NAMES, (f"\nexported, not pinned: {sorted(rows - WIRE_NAMES)}"
-                                f"\npinned, not exported: {sorted(WIRE_NAMES - rows)}")
+    assert rows == WIRE_NAMES, (
+        f"\nexported, not pinned: {sorted(rows - WIRE_NAMES)}"
+        f"\npinned, not exported: {sorted(WIRE_NAMES - rows)}"
+    )
 
 
 def test_build_md_table_lists_exactly_the_pinned_wire_names():
     rows = build_md_wire_names()
-    assert rows == WIRE_NAMES, (f"\nin BUILD.md, not pinned: {sorted(rows - WIRE_NAMES)}"
-                                f"\npinned, not in BUILD.md: {sorted(WIRE_NAMES - rows)}")
+    assert rows == WIRE_NAMES, (
+        f"\nin BUILD.md, not pinned: {sorted(rows - WIRE_NAMES)}"
+        f"\npinned, not in BUILD.md: {sorted(WIRE_NAMES - rows)}"
+    )
 
 
 def test_signatures_module_uses_the_pinned_names():
     assert (sig.EXTRACTOR, sig.MANIPULATOR, sig.SEARCHER) == (
-        "extractor", "manipulator", "searcher")
+        "extractor",
+        "manipulator",
+        "searcher",
+    )
     assert sig.MODEL_NAMES == ("extractor", "manipulator", "searcher")
     assert (sig.SERVING_DEFAULT, sig.FROM_PIXELS, sig.DESCRIBE) == (
-        "serving_default", "from_pixels", "describe")
-    assert (sig.IMAGE_BYTES, sig.IMAGES, sig.FEATURE, sig.ATTRIBUTE, sig.VALUE, sig.IDS,
-            sig.SCORES, sig.SCORE_SUFFIX) == ("image_bytes", "images", "feature", "attribute",
-                                              "value", "ids", "scores", "_score")
+        "serving_default",
+        "from_pixels",
+        "describe",
+    )
+    assert (
+        sig.IMAGE_BYTES,
+        sig.IMAGES,
+        sig.FEATURE,
+        sig.ATTRIBUTE,
+        sig.VALUE,
+        sig.IDS,
+        sig.SCORES,
+        sig.SCORE_SUFFIX,
+    ) == ("image_bytes", "images", "feature", "attribute", "value", "ids", "scores", "_score")
     assert tuple(vocabulary.ATTRIBUTE_TYPES) == ("shape", "color", "pattern")  # describe outputs
     assert sig.WARMUP_FILE == "assets.extra/tf_serving_warmup_requests"  # TF Serving's path
     assert {r[0] for r in WIRE_NAMES} == set(sig.MODEL_NAMES)
     assert {r[1] for r in WIRE_NAMES} == {sig.SERVING_DEFAULT, sig.FROM_PIXELS, sig.DESCRIBE}
-    tensors = {sig.IMAGE_BYTES, sig.IMAGES, sig.FEATURE, sig.ATTRIBUTE, sig.VALUE, sig.IDS,
-               sig.SCORES}
+    tensors = {
+        sig.IMAGE_BYTES,
+        sig.IMAGES,
+        sig.FEATURE,
+        sig.ATTRIBUTE,
+        sig.VALUE,
+        sig.IDS,
+        sig.SCORES,
+    }
     tensors |= {a + s for a in vocabulary.ATTRIBUTE_TYPES for s in ("", sig.SCORE_SUFFIX)}
     assert {r[3] for r in WIRE_NAMES} == tensors
-

@@ -20,7 +20,6 @@ from absl import logging
 
 from flam_tf.data import manifest as manifest_lib
 
-
 # Largest image decoded, in pixels (height x width), read from the image header BEFORE decoding:
 # a 47 KB PNG can declare 20,000 x 20,000 pixels (1.2 GB of RGB once decoded). Training configs
 # set it as `data.max_image_pixels`; exports as `build_extractor_archive(max_image_pixels=...)`.
@@ -32,8 +31,8 @@ _GIF_STEPS = 16  # GIF blocks / data sub-blocks walked per tf.while_loop iterati
 
 def _header_uint(head: tf.Tensor, start: int, size: int, little_endian: bool) -> tf.Tensor:
     """Unsigned integer of bytes head[start:start + size] (uint8 [_HEADER_BYTES]) as int64."""
-    digits = tf.cast(head[start:start + size], tf.int64)
-    weights = [256 ** i for i in range(size)]
+    digits = tf.cast(head[start : start + size], tf.int64)
+    weights = [256**i for i in range(size)]
     if not little_endian:
         weights = weights[::-1]
     return tf.reduce_sum(digits * tf.constant(weights, tf.int64))
@@ -60,8 +59,9 @@ def _gif_canvas(contents: tf.Tensor) -> tf.Tensor:
         return byte(i) + 256 * byte(i + 1)
 
     packed = byte(10)
-    start = 13 + tf.where(packed >= 128, 3 * tf.bitwise.left_shift(
-        tf.constant(2, tf.int64), packed % 8), 0)
+    start = 13 + tf.where(
+        packed >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), packed % 8), 0
+    )
     zero = tf.constant(0, tf.int64)
 
     # State: position, in data sub-blocks?, max frame height, max frame width, total pixels, done.
@@ -80,24 +80,36 @@ def _gif_canvas(contents: tf.Tensor) -> tf.Tensor:
         # At a block start: 0x2C image descriptor, 0x21 extension, anything else (0x3B) ends.
         is_image, is_extension = tf.equal(b, 0x2C), tf.equal(b, 0x21)
         width, height, flags = le16(pos + 5), le16(pos + 7), byte(pos + 9)
-        local_table = tf.where(flags >= 128, 3 * tf.bitwise.left_shift(
-            tf.constant(2, tf.int64), flags % 8), 0)
+        local_table = tf.where(
+            flags >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), flags % 8), 0
+        )
         image = is_image & ~in_blocks
-        pos = tf.where(in_blocks, sub_pos,
-                       tf.where(is_image, pos + 11 + local_table, pos + 2))
+        pos = tf.where(in_blocks, sub_pos, tf.where(is_image, pos + 11 + local_table, pos + 2))
         ended = ~in_blocks & ~(is_image | is_extension)
         in_blocks = tf.where(in_blocks, sub_more, is_image | is_extension)
-        new = (pos, in_blocks, tf.where(image, tf.maximum(max_h, height), max_h),
-               tf.where(image, tf.maximum(max_w, width), max_w),
-               tf.where(image, total + width * height, total), ended | (pos >= n))
+        new = (
+            pos,
+            in_blocks,
+            tf.where(image, tf.maximum(max_h, height), max_h),
+            tf.where(image, tf.maximum(max_w, width), max_w),
+            tf.where(image, total + width * height, total),
+            ended | (pos >= n),
+        )
         return tuple(tf.where(done, old, value) for old, value in zip(if_done, new))
 
     _, _, max_h, max_w, total, _ = tf.while_loop(
-        lambda pos, in_blocks, max_h, max_w, total, done: ~done, body,
-        (start, tf.constant(False), zero, zero, zero, start >= n))
+        lambda pos, in_blocks, max_h, max_w, total, done: ~done,
+        body,
+        (start, tf.constant(False), zero, zero, zero, start >= n),
+    )
     screen_w, screen_h = le16(tf.constant(6, tf.int64)), le16(tf.constant(8, tf.int64))
-    return tf.stack([tf.maximum(max_h, screen_h), tf.maximum(max_w, screen_w),
-                     tf.maximum(total, screen_w * screen_h)])
+    return tf.stack(
+        [
+            tf.maximum(max_h, screen_h),
+            tf.maximum(max_w, screen_w),
+            tf.maximum(total, screen_w * screen_h),
+        ]
+    )
 
 
 def _image_extent(contents: tf.Tensor) -> tf.Tensor:
@@ -125,7 +137,8 @@ def _image_extent(contents: tf.Tensor) -> tf.Tensor:
     def bmp():  # BITMAPINFOHEADER: width, height little-endian int32 at 18..26 (< 0: top-down)
         def signed(start):
             value = _header_uint(head, start, 4, True)
-            return tf.abs(tf.where(value >= 2 ** 31, value - 2 ** 32, value))
+            return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
+
         return sized(signed(22), signed(18))
 
     def unknown():
@@ -151,8 +164,9 @@ def image_size_from_header(contents: tf.Tensor) -> tf.Tensor:
     return _image_extent(contents)[:2]
 
 
-def decode_image(contents: tf.Tensor, image_size: int,
-                 max_pixels: int = MAX_IMAGE_PIXELS) -> tf.Tensor:
+def decode_image(
+    contents: tf.Tensor, image_size: int, max_pixels: int = MAX_IMAGE_PIXELS
+) -> tf.Tensor:
     """Decodes JPEG/PNG/GIF/BMP bytes to float32 [S, S, 3] in [0, 255] (bilinear resize).
 
     Images of more than `max_pixels` pixels (height x width, read from the header BEFORE
@@ -166,14 +180,34 @@ def decode_image(contents: tf.Tensor, image_size: int,
     extent = _image_extent(contents)  # int64: PNG sizes reach 2**32 - 1 each
     height, width, decoded = extent[0], extent[1], extent[2]
     # height and width are bounded first, so height * width cannot overflow when it matters.
-    fits = ((height <= max_pixels) & (width <= max_pixels) & (height * width <= max_pixels)
-            & (decoded <= max_pixels))
+    fits = (
+        (height <= max_pixels)
+        & (width <= max_pixels)
+        & (height * width <= max_pixels)
+        & (decoded <= max_pixels)
+    )
     size = tf.strings.as_string(extent)
-    frames = tf.where(decoded > height * width,
-                      tf.strings.join([" (", size[2], " in all GIF frames)"]), "")
-    within = tf.debugging.Assert(fits, [tf.strings.join([
-        "Image of ", size[1], " x ", size[0], " pixels", frames, " exceeds the limit of ",
-        str(int(max_pixels)), " pixels (max_image_pixels)"])])
+    frames = tf.where(
+        decoded > height * width, tf.strings.join([" (", size[2], " in all GIF frames)"]), ""
+    )
+    within = tf.debugging.Assert(
+        fits,
+        [
+            tf.strings.join(
+                [
+                    "Image of ",
+                    size[1],
+                    " x ",
+                    size[0],
+                    " pixels",
+                    frames,
+                    " exceeds the limit of ",
+                    str(int(max_pixels)),
+                    " pixels (max_image_pixels)",
+                ]
+            )
+        ],
+    )
     with tf.control_dependencies([within]):
         image = tf.io.decode_image(contents, channels=3, expand_animations=False)
     image = tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size))
@@ -181,18 +215,29 @@ def decode_image(contents: tf.Tensor, image_size: int,
     return image
 
 
-def image_dataset(manifest: manifest_lib.Manifest, image_size: int, batch_size: int = 256,
-                  max_pixels: int = MAX_IMAGE_PIXELS) -> tf.data.Dataset:
+def image_dataset(
+    manifest: manifest_lib.Manifest,
+    image_size: int,
+    batch_size: int = 256,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> tf.data.Dataset:
     """Batches of images of every manifest row, in manifest order: float32 [B, S, S, 3]."""
     paths = manifest.absolute_paths()
     ds = tf.data.Dataset.from_tensor_slices(paths)
-    ds = ds.map(lambda p: decode_image(tf.io.read_file(p), image_size, max_pixels),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(
+        lambda p: decode_image(tf.io.read_file(p), image_size, max_pixels),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def decode_cache(manifest: manifest_lib.Manifest, image_size: int, budget_bytes: int,
-                 max_pixels: int = MAX_IMAGE_PIXELS) -> Optional[np.ndarray]:
+def decode_cache(
+    manifest: manifest_lib.Manifest,
+    image_size: int,
+    budget_bytes: int,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> Optional[np.ndarray]:
     """Every image of `manifest` decoded and resized once: uint8 [N, S, S, 3] in manifest order.
 
     Training reads the same files for many epochs; decoding them each time costs as much CPU as
@@ -204,14 +249,19 @@ def decode_cache(manifest: manifest_lib.Manifest, image_size: int, budget_bytes:
     needed = len(manifest) * image_size * image_size * 3
     if budget_bytes <= 0 or needed > budget_bytes:
         if budget_bytes > 0:
-            logging.info("decode cache: %d images need %.0f MiB, over the %.0f MiB budget; "
-                         "decoding from files", len(manifest), needed / 2**20, budget_bytes / 2**20)
+            logging.info(
+                "decode cache: %d images need %.0f MiB, over the %.0f MiB budget; "
+                "decoding from files",
+                len(manifest),
+                needed / 2**20,
+                budget_bytes / 2**20,
+            )
         return None
     out = np.empty((len(manifest), image_size, image_size, 3), np.uint8)
     start = 0
     for images in image_dataset(manifest, image_size, batch_size=256, max_pixels=max_pixels):
         batch = np.clip(np.rint(images.numpy()), 0, 255).astype(np.uint8)
-        out[start:start + len(batch)] = batch
+        out[start : start + len(batch)] = batch
         start += len(batch)
     return out
 
@@ -221,14 +271,17 @@ def _cached_images(decoded: Optional[np.ndarray], num_rows: int, image_size: int
     if decoded is None:
         return None
     if decoded.shape != (num_rows, image_size, image_size, 3) or decoded.dtype != np.uint8:
-        raise ValueError(f"{caller}: decoded must be uint8 [{num_rows}, {image_size}, "
-                         f"{image_size}, 3] (decode_cache of the same manifest). Received: "
-                         f"{decoded.dtype} {decoded.shape}")
+        raise ValueError(
+            f"{caller}: decoded must be uint8 [{num_rows}, {image_size}, "
+            f"{image_size}, 3] (decode_cache of the same manifest). Received: "
+            f"{decoded.dtype} {decoded.shape}"
+        )
     return tf.constant(decoded)
 
 
-def instance_labels(manifest: manifest_lib.Manifest,
-                    num_ce_classes: int) -> Tuple[np.ndarray, np.ndarray, int]:
+def instance_labels(
+    manifest: manifest_lib.Manifest, num_ce_classes: int
+) -> Tuple[np.ndarray, np.ndarray, int]:
     """Integer labels for extractor training.
 
     Returns:
@@ -236,8 +289,9 @@ def instance_labels(manifest: manifest_lib.Manifest,
         `num_ce_classes` instances with the most images (ties by first appearance), -1 for the
         rest, number of instances).
     """
-    ids, first, instance = np.unique(manifest["instance_id"], return_index=True,
-                                     return_inverse=True)
+    ids, first, instance = np.unique(
+        manifest["instance_id"], return_index=True, return_inverse=True
+    )
     counts = np.bincount(instance)
     # Most images first; among equals, the instance seen first in the manifest first.
     order = np.lexsort((first, -counts))[:num_ce_classes]
@@ -258,11 +312,18 @@ def augment(image: tf.Tensor, seed: tf.Tensor, image_size: int) -> tf.Tensor:
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
-def pk_dataset(manifest: manifest_lib.Manifest, image_size: int, instances_per_batch: int,
-               images_per_instance: int, num_ce_classes: int, seed: int = 0,
-               training: bool = True, skip_batches: int = 0,
-               max_pixels: int = MAX_IMAGE_PIXELS,
-               decoded: Optional[np.ndarray] = None) -> Tuple[tf.data.Dataset, Dict[str, int]]:
+def pk_dataset(
+    manifest: manifest_lib.Manifest,
+    image_size: int,
+    instances_per_batch: int,
+    images_per_instance: int,
+    num_ce_classes: int,
+    seed: int = 0,
+    training: bool = True,
+    skip_batches: int = 0,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    decoded: Optional[np.ndarray] = None,
+) -> Tuple[tf.data.Dataset, Dict[str, int]]:
     """Endless PK batches for the extractor's train_step.
 
     Each batch holds P distinct instances (drawn without replacement within an epoch over
@@ -282,8 +343,10 @@ def pk_dataset(manifest: manifest_lib.Manifest, image_size: int, instances_per_b
         raise ValueError("pk_dataset: the manifest has no rows")
     instance, ce_class, num_instances = instance_labels(manifest, num_ce_classes)
     if num_instances < instances_per_batch:
-        raise ValueError(f"pk_dataset: {num_instances} instances, fewer than the "
-                         f"instances_per_batch={instances_per_batch}")
+        raise ValueError(
+            f"pk_dataset: {num_instances} instances, fewer than the "
+            f"instances_per_batch={instances_per_batch}"
+        )
     order = np.argsort(instance, kind="stable")
     starts = np.searchsorted(instance[order], np.arange(num_instances))
     counts = np.bincount(instance, minlength=num_instances)
@@ -296,14 +359,22 @@ def pk_dataset(manifest: manifest_lib.Manifest, image_size: int, instances_per_b
 
     def pick(element_index, inst):
         # K image positions of instance `inst`, stateless in (seed, element index).
-        draws = tf.random.stateless_uniform((k,), tf.stack([tf.cast(seed, tf.int64), element_index]),
-                                            maxval=2**31 - 1, dtype=tf.int64)
+        draws = tf.random.stateless_uniform(
+            (k,),
+            tf.stack([tf.cast(seed, tf.int64), element_index]),
+            maxval=2**31 - 1,
+            dtype=tf.int64,
+        )
         n = counts_t[inst]
-        offsets = tf.where(n >= k, tf.math.floormod(tf.range(k, dtype=tf.int64) + draws[0], n),
-                           tf.math.floormod(draws, n))
+        offsets = tf.where(
+            n >= k,
+            tf.math.floormod(tf.range(k, dtype=tf.int64) + draws[0], n),
+            tf.math.floormod(draws, n),
+        )
         rows = starts_t[inst] + offsets
         return tf.data.Dataset.from_tensor_slices(
-            (rows, tf.fill((k,), inst), element_index * k + tf.range(k, dtype=tf.int64)))
+            (rows, tf.fill((k,), inst), element_index * k + tf.range(k, dtype=tf.int64))
+        )
 
     def load(row, inst, element):
         if cache is None:
@@ -311,24 +382,39 @@ def pk_dataset(manifest: manifest_lib.Manifest, image_size: int, instances_per_b
         else:
             image = tf.cast(tf.gather(cache, tf.gather(rows_to_manifest, row)), tf.float32)
         if training:
-            image = augment(image, tf.stack([tf.cast(seed + 1, tf.int32),
-                                             tf.cast(element, tf.int32)]), image_size)
+            image = augment(
+                image,
+                tf.stack([tf.cast(seed + 1, tf.int32), tf.cast(element, tf.int32)]),
+                image_size,
+            )
         return image, {"instance": tf.cast(inst, tf.int32), "ce_class": tf.gather(ce_sorted, row)}
 
-    ds = tf.data.Dataset.range(num_instances).shuffle(num_instances, seed=seed,
-                                                      reshuffle_each_iteration=True).repeat()
+    ds = (
+        tf.data.Dataset.range(num_instances)
+        .shuffle(num_instances, seed=seed, reshuffle_each_iteration=True)
+        .repeat()
+    )
     ds = ds.enumerate().skip(skip_batches * instances_per_batch).flat_map(pick)
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(instances_per_batch * k, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    info = {"num_instances": num_instances, "num_images": len(manifest),
-            "num_ce_classes": int(min(num_ce_classes, num_instances))}
+    info = {
+        "num_instances": num_instances,
+        "num_images": len(manifest),
+        "num_ce_classes": int(min(num_ce_classes, num_instances)),
+    }
     return ds, info
 
 
-def labelled_dataset(manifest: manifest_lib.Manifest, labels: np.ndarray, image_size: int,
-                     batch_size: int, seed: int = 0, skip_batches: int = 0,
-                     max_pixels: int = MAX_IMAGE_PIXELS,
-                     decoded: Optional[np.ndarray] = None) -> tf.data.Dataset:
+def labelled_dataset(
+    manifest: manifest_lib.Manifest,
+    labels: np.ndarray,
+    image_size: int,
+    batch_size: int,
+    seed: int = 0,
+    skip_batches: int = 0,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    decoded: Optional[np.ndarray] = None,
+) -> tf.data.Dataset:
     """Endless shuffled, augmented batches of (images float32 [B, S, S, 3], labels int32 [B, A]).
 
     For models trained from images with attribute labels (the pixel baselines); -1 = missing.
@@ -341,11 +427,14 @@ def labelled_dataset(manifest: manifest_lib.Manifest, labels: np.ndarray, image_
     if len(manifest) == 0:
         raise ValueError("labelled_dataset: the manifest has no rows")
     if labels.ndim != 2 or len(labels) != len(manifest):
-        raise ValueError(f"labelled_dataset: expected labels [{len(manifest)}, A]. Received: "
-                         f"labels.shape={labels.shape}")
+        raise ValueError(
+            f"labelled_dataset: expected labels [{len(manifest)}, A]. Received: "
+            f"labels.shape={labels.shape}"
+        )
     cache = _cached_images(decoded, len(manifest), image_size, "labelled_dataset")
     ds = tf.data.Dataset.from_tensor_slices(
-        (manifest.absolute_paths(), labels, np.arange(len(manifest), dtype=np.int64)))
+        (manifest.absolute_paths(), labels, np.arange(len(manifest), dtype=np.int64))
+    )
     ds = ds.shuffle(len(manifest), seed=seed, reshuffle_each_iteration=True).repeat().enumerate()
     ds = ds.skip(skip_batches * batch_size)  # a resumed fit: the batches it already trained on
 
@@ -355,8 +444,9 @@ def labelled_dataset(manifest: manifest_lib.Manifest, labels: np.ndarray, image_
             image = decode_image(tf.io.read_file(path), image_size, max_pixels)
         else:
             image = tf.cast(tf.gather(cache, index), tf.float32)
-        image = augment(image, tf.stack([tf.cast(seed + 2, tf.int32), tf.cast(element, tf.int32)]),
-                        image_size)
+        image = augment(
+            image, tf.stack([tf.cast(seed + 2, tf.int32), tf.cast(element, tf.int32)]), image_size
+        )
         return image, label
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -39,8 +39,10 @@ def write_all(ctx, features, queries, fam_rows, ranked_by_method, flam_model) ->
 
         matplotlib.use("Agg")
     except ImportError:
-        logging.warning("matplotlib is not installed: skipping figure3 and training curves "
-                        "(pip install '.[plot]')")
+        logging.warning(
+            "matplotlib is not installed: skipping figure3 and training curves "
+            "(pip install '.[plot]')"
+        )
         return [os.path.relpath(p, ctx.run.root) for p in paths]
     paths.append(figure3_embeddings(ctx, features, fam_rows, flam_model))
     paths.append(training_curves(ctx))
@@ -59,7 +61,7 @@ def figure2_grid(ctx, queries, fam_rows, ranked_by_method, top: int = 3, cell: i
     from PIL import Image, ImageDraw
 
     m = ctx.manifest
-    labels = np.stack([m.labels(a) for a in vocabulary.ATTRIBUTE_TYPES], 1)[fam_rows]
+    labels = m.label_matrix()[fam_rows]
     paths = m["path"][fam_rows]
     # Queries with a manipulation for every attribute type, spread over the evaluation set.
     by_query: Dict[int, Dict[int, int]] = {}
@@ -67,7 +69,7 @@ def figure2_grid(ctx, queries, fam_rows, ranked_by_method, top: int = 3, cell: i
         by_query.setdefault(int(q), {}).setdefault(int(a), row)
     full = [q for q, d in by_query.items() if len(d) == len(vocabulary.ATTRIBUTE_TYPES)]
     chosen = full[:: max(1, len(full) // max(1, ctx.config.evaluation.figure_queries))]
-    chosen = chosen[:ctx.config.evaluation.figure_queries]
+    chosen = chosen[: ctx.config.evaluation.figure_queries]
     label_h, pad = 28, 6
     width = cell + len(vocabulary.ATTRIBUTE_TYPES) * (top * cell + pad) + pad
     rows = [(q, method, ranked) for q in chosen for method, ranked in ranked_by_method.items()]
@@ -76,13 +78,15 @@ def figure2_grid(ctx, queries, fam_rows, ranked_by_method, top: int = 3, cell: i
 
     def paste(index, x, y, border, caption):
         sheet.paste(_load_image(ctx, paths[index], cell - 6), (x + 3, y + label_h + 3))
-        draw.rectangle([x, y + label_h, x + cell - 1, y + label_h + cell - 1], outline=border,
-                       width=3)
+        draw.rectangle(
+            [x, y + label_h, x + cell - 1, y + label_h + cell - 1], outline=border, width=3
+        )
         draw.text((x + 2, y + 2), caption, fill="black")
 
     def names(row):
-        return "/".join(vocabulary.CLASSES[a][row[i]][:6]
-                        for i, a in enumerate(vocabulary.ATTRIBUTE_TYPES))
+        return "/".join(
+            vocabulary.CLASSES[a][row[i]][:6] for i, a in enumerate(vocabulary.ATTRIBUTE_TYPES)
+        )
 
     for r, (q, method, ranked) in enumerate(rows):
         y = r * (cell + label_h)
@@ -94,8 +98,9 @@ def figure2_grid(ctx, queries, fam_rows, ranked_by_method, top: int = 3, cell: i
             for t in range(top):
                 g = int(ranked[row, t])
                 hit = np.array_equal(labels[g], target)
-                caption = (f"{attribute}->{vocabulary.CLASSES[attribute][target[a]]}\n"
-                           if t == 0 else "\n") + names(labels[g])
+                caption = (
+                    f"{attribute}->{vocabulary.CLASSES[attribute][target[a]]}\n" if t == 0 else "\n"
+                ) + names(labels[g])
                 paste(g, x0 + t * cell, y, (0, 170, 0) if hit else (200, 0, 0), caption)
     path = ctx.run.path("figures", "figure2_manipulation.png")
     sheet.save(path)
@@ -113,8 +118,15 @@ def _project(points: np.ndarray, seed: int) -> np.ndarray:
         return centred @ vt[:2].T
 
 
-def figure3_embeddings(ctx, features, fam_rows, flam_model, limit: int = 1500,
-                       attribute: str = "color", value: str = "red") -> str:
+def figure3_embeddings(
+    ctx,
+    features,
+    fam_rows,
+    flam_model,
+    limit: int = 1500,
+    attribute: str = "color",
+    value: str = "red",
+) -> str:
     import matplotlib.pyplot as plt
     import tensorflow as tf
 
@@ -122,7 +134,7 @@ def figure3_embeddings(ctx, features, fam_rows, flam_model, limit: int = 1500,
     is_query = m.has_role("fam_query")[fam_rows]
     rows = fam_rows[is_query][:limit]
     x = features[rows]
-    labels = np.stack([m.labels(a) for a in vocabulary.ATTRIBUTE_TYPES], 1)[rows]
+    labels = m.label_matrix()[rows]
     rng = np.random.default_rng(ctx.config.runtime.seed)
     picked = rng.permutation(len(x))[: len(x) // 3]
     x_manip = np.asarray(flam_model.manipulate(x[picked], attribute, value))
@@ -133,7 +145,7 @@ def figure3_embeddings(ctx, features, fam_rows, flam_model, limit: int = 1500,
     for ax, (i, a) in zip(axes, enumerate(vocabulary.ATTRIBUTE_TYPES)):
         points = np.concatenate([np.asarray(before[a]), np.asarray(after[a])])
         xy = _project(points, ctx.config.runtime.seed)
-        orig, man = xy[: len(x)], xy[len(x):]
+        orig, man = xy[: len(x)], xy[len(x) :]
         for c, name in enumerate(vocabulary.CLASSES[a]):
             sel = labels[:, i] == c
             ax.scatter(orig[sel, 0], orig[sel, 1], s=6, color=cmap(c), alpha=0.5, label=name)
@@ -152,8 +164,9 @@ def training_curves(ctx) -> str:
     import matplotlib.pyplot as plt
 
     files = sorted(glob.glob(ctx.run.path("logs", "*_history.json")))
-    fig, axes = plt.subplots(1, max(1, len(files)), figsize=(4 * max(1, len(files)), 3.2),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, max(1, len(files)), figsize=(4 * max(1, len(files)), 3.2), squeeze=False
+    )
     for ax, path in zip(axes[0], files):
         with open(path) as f:
             history = json.load(f)

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from flam_tf.models.searcher import cosine_top_k, l2_normalize  # noqa: F401  (the search used)
 from flam_tf.vocabulary import ATTRIBUTE_TYPES
 
 FIR_KS = (1, 5, 10, 20, 50, 100)
@@ -33,81 +34,11 @@ def top_k_key(k):
     return f"T@{k}"
 
 
-def l2_normalize(x):
-    """Rows of x scaled to unit L2 norm (float32 [N, D]; zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norm, 1e-12)
-
-
-def cosine_top_k(queries, gallery, k, exclude=None, batch_size=1024):
-    """Top-k gallery items per query by cosine similarity.
-
-    Similarities are computed one batch of queries at a time (memory [batch_size, N]); the top k
-    are selected with `np.argpartition` and then sorted by descending score (ties by gallery index).
-
-    Args:
-        queries: float array [Q, D].
-        gallery: float array [N, D].
-        k: number of items to return; clipped to N, or to N - 1 when `exclude` is given.
-        exclude: optional int array [Q], a gallery index never returned for that query (the query
-            itself when it is part of the gallery); -1 excludes nothing.
-        batch_size: queries per matmul.
-
-    Returns:
-        (indices, scores): int64 array [Q, k'] and float32 array [Q, k'], k' the clipped k.
-
-    Raises:
-        ValueError: for k < 1 or mismatched shapes.
-    """
-    if k < 1:
-        raise ValueError(f"k must be at least 1. Received: k={k}")
-    queries = l2_normalize(queries)
-    gallery = l2_normalize(gallery)
-    if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
-        raise ValueError(
-            f"Expected queries [Q, D] and gallery [N, D]. Received: queries.shape={queries.shape},"
-            f" gallery.shape={gallery.shape}"
-        )
-    num_queries, num_gallery = len(queries), len(gallery)
-    if exclude is not None:
-        exclude = np.asarray(exclude, dtype=np.int64).reshape(-1)
-        if exclude.shape != (num_queries,):
-            raise ValueError(
-                f"exclude must have one entry per query. Received: exclude.shape={exclude.shape},"
-                f" queries.shape={queries.shape}"
-            )
-    k = min(k, num_gallery - (1 if exclude is not None else 0))
-    indices = np.zeros((num_queries, max(k, 0)), dtype=np.int64)
-    scores = np.zeros((num_queries, max(k, 0)), dtype=np.float32)
-    if k <= 0:
-        return indices, scores
-
-    for start in range(0, num_queries, batch_size):
-        stop = min(start + batch_size, num_queries)
-        sims = queries[start:stop] @ gallery.T  # [b, N]
-        if exclude is not None:
-            rows = np.nonzero(exclude[start:stop] >= 0)[0]
-            sims[rows, exclude[start:stop][rows]] = -np.inf
-        if k < num_gallery:
-            top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        else:
-            top = np.broadcast_to(np.arange(num_gallery), sims.shape)
-        top_scores = np.take_along_axis(sims, top, axis=1)
-        # Sort by descending score, then ascending index (lexsort's last key is the primary one).
-        order = np.lexsort((top, -top_scores), axis=1)
-        indices[start:stop] = np.take_along_axis(top, order, axis=1)
-        scores[start:stop] = np.take_along_axis(top_scores, order, axis=1)
-    return indices, scores
-
-
 def _check_width(ranked_indices, ks, num_candidates):
     """Checks that [Q, K] ranked lists are long enough for every k; returns the array."""
     ranked_indices = np.asarray(ranked_indices)
     if ranked_indices.ndim != 2:
-        raise ValueError(
-            f"ranked_indices must be [Q, K]. Received: shape={ranked_indices.shape}"
-        )
+        raise ValueError(f"ranked_indices must be [Q, K]. Received: shape={ranked_indices.shape}")
     width = ranked_indices.shape[1]
     for k in ks:
         if k < 1:
@@ -233,14 +164,14 @@ def fam_queries(labels, is_query, attribute_types=ATTRIBUTE_TYPES):
     reachable = {}
     for row in {tuple(r) for r in labels.tolist()}:
         for a in range(num_types):
-            rest = row[:a] + row[a + 1:]
+            rest = row[:a] + row[a + 1 :]
             reachable.setdefault((a, rest), set()).add(row[a])
 
     rows = []
     for q in np.nonzero(is_query)[0]:
         row = tuple(labels[q].tolist())
         for a in range(num_types):
-            for value in sorted(reachable[(a, row[:a] + row[a + 1:])] - {row[a]}):
+            for value in sorted(reachable[(a, row[:a] + row[a + 1 :])] - {row[a]}):
                 rows.append((q, a, value))
     rows = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
     target_labels = labels[rows[:, 0]].copy()
@@ -275,8 +206,14 @@ def top_k_accuracy(ranked_indices, gallery_labels, target_labels, ks=FAM_KS):
     return results
 
 
-def fam_top_k_accuracy(ranked_indices, gallery_labels, target_labels, attribute_index,
-                       ks=FAM_KS, attribute_types=ATTRIBUTE_TYPES):
+def fam_top_k_accuracy(
+    ranked_indices,
+    gallery_labels,
+    target_labels,
+    attribute_index,
+    ks=FAM_KS,
+    attribute_types=ATTRIBUTE_TYPES,
+):
     """T@k per manipulated attribute type and over all queries (the paper's Table 3 columns).
 
     Args:
@@ -320,8 +257,13 @@ def twin_indices(queries, gallery_labels, instance_ids, twin_of):
         int64 array [Q].
     """
     lookup = {(src, tuple(gallery_labels[i])): i for i, src in enumerate(twin_of) if src}
-    return np.array([lookup.get((instance_ids[q], tuple(t)), -1)
-                     for q, t in zip(queries.query_index, queries.target_labels)], dtype=np.int64)
+    return np.array(
+        [
+            lookup.get((instance_ids[q], tuple(t)), -1)
+            for q, t in zip(queries.query_index, queries.target_labels)
+        ],
+        dtype=np.int64,
+    )
 
 
 def twin_recall(ranked_indices, twin_index, ks=FAM_KS):

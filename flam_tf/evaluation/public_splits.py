@@ -17,13 +17,19 @@ from typing import Callable, Dict, Sequence
 
 import numpy as np
 
-from flam_tf.evaluation.metrics import ALL, NUM_QUERIES, cosine_top_k, top_k_key
+from flam_tf.evaluation.metrics import ALL, NUM_QUERIES, top_k_key
+from flam_tf.models.searcher import cosine_top_k
 
 ADDE_KS = (10, 20, 30, 50)  # ADDE reports top-30 by default (eval.py --top_k 30)
 
 
-def adde_top_k_accuracy(split, gallery_features, manipulate: Callable, ks: Sequence[int] = ADDE_KS,
-                        batch_size: int = 1024) -> Dict[str, Dict[str, float]]:
+def adde_top_k_accuracy(
+    split,
+    gallery_features,
+    manipulate: Callable,
+    ks: Sequence[int] = ADDE_KS,
+    batch_size: int = 1024,
+) -> Dict[str, Dict[str, float]]:
     """T@k per FLAM attribute type and over the category/color/pattern queries.
 
     Args:
@@ -39,30 +45,38 @@ def adde_top_k_accuracy(split, gallery_features, manipulate: Callable, ks: Seque
     """
     gallery_features = np.asarray(gallery_features, dtype=np.float32)
     if len(gallery_features) != len(split.images):
-        raise ValueError(f"gallery_features has {len(gallery_features)} rows; the split has "
-                         f"{len(split.images)} images")
+        raise ValueError(
+            f"gallery_features has {len(gallery_features)} rows; the split has "
+            f"{len(split.images)} images"
+        )
     k_max = max(ks)
     results, all_hits = {}, []
     for name, attribute in split.attribute_index.items():
         chosen = np.flatnonzero(split.target_attribute == attribute)
         hits = np.zeros((len(chosen), k_max), dtype=bool)
         if len(chosen):
-            queries = np.asarray(manipulate(gallery_features[split.ref[chosen]], name,
-                                            split.target_value[chosen]), dtype=np.float32)
+            queries = np.asarray(
+                manipulate(gallery_features[split.ref[chosen]], name, split.target_value[chosen]),
+                dtype=np.float32,
+            )
             ranked, _ = cosine_top_k(queries, gallery_features, k_max, batch_size=batch_size)
-            hits[:, :ranked.shape[1]] = np.all(
-                split.labels[ranked] == split.gt_labels[chosen][:, None, :], axis=-1)
+            hits[:, : ranked.shape[1]] = np.all(
+                split.labels[ranked] == split.gt_labels[chosen][:, None, :], axis=-1
+            )
         results[name] = _rates(hits, ks)
         all_hits.append(hits)
-    results[ALL] = _rates(np.concatenate(all_hits) if all_hits else np.zeros((0, k_max), bool),
-                          ks)
+    results[ALL] = _rates(np.concatenate(all_hits) if all_hits else np.zeros((0, k_max), bool), ks)
     return results
 
 
 def _rates(hits, ks):
     found = np.cumsum(hits, axis=1) > 0
-    out = {top_k_key(k): float(np.mean(found[:, min(k, found.shape[1]) - 1])) if len(found)
-           else float("nan") for k in ks}
+    out = {
+        top_k_key(k): float(np.mean(found[:, min(k, found.shape[1]) - 1]))
+        if len(found)
+        else float("nan")
+        for k in ks
+    }
     out[NUM_QUERIES] = int(len(hits))
     return out
 

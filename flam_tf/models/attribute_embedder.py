@@ -1,16 +1,21 @@
 """Attribute-specific embedders phi_a and dictionaries d_a (Sec. 3.1, the embedding stage)."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from flam_tf import losses
-from flam_tf.distribute import check_finite, masked_mean, scaled_loss
+from flam_tf.config import EmbedderConfig
+from flam_tf.distribute import check_finite, masked_mean
+from flam_tf.models.loss_tracking import LossTrackingModel
 from flam_tf.vocabulary import ATTRIBUTE_TYPES, MISSING, NUM_CLASSES, attribute_index
+
+_DEFAULTS = EmbedderConfig()  # the constructor's defaults are the config's
 
 
 @keras.saving.register_keras_serializable(package="flam_tf")
-class AttributeEmbedder(keras.Model):
+class AttributeEmbedder(LossTrackingModel):
     """One embedder phi_a: x -> e_a in R^k and one dictionary d_a per attribute type.
 
     Each phi_a is Dense(hidden_units, relu) -> Dropout -> Dense(k) -> L2 norm. The dictionary d_a
@@ -38,19 +43,15 @@ class AttributeEmbedder(keras.Model):
     def __init__(
         self,
         feature_dim,
-        embedding_dim=32,
-        hidden_units=256,
-        margin=0.2,
+        embedding_dim=_DEFAULTS.embedding_dim,
+        hidden_units=_DEFAULTS.hidden_units,
+        margin=_DEFAULTS.margin,
         mining="semi-hard",
         dropout=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if mining not in losses.MINING_STRATEGIES:
-            raise ValueError(
-                f"Unknown mining. Received: mining={mining!r}; "
-                f"expected one of {list(losses.MINING_STRATEGIES)}"
-            )
+        losses.check_option("mining", mining, losses.MINING_STRATEGIES)
         self.feature_dim = feature_dim
         self.embedding_dim = embedding_dim
         self.hidden_units = hidden_units
@@ -68,7 +69,9 @@ class AttributeEmbedder(keras.Model):
             out = keras.layers.Dense(embedding_dim, name=f"{attribute}_embedding")
             out.build((None, hidden_units))
             self.hidden_layers[attribute] = hidden
-            self.dropout_layers[attribute] = keras.layers.Dropout(dropout, name=f"{attribute}_dropout")
+            self.dropout_layers[attribute] = keras.layers.Dropout(
+                dropout, name=f"{attribute}_dropout"
+            )
             self.output_layers[attribute] = out
             self.dictionaries[attribute] = self.add_weight(
                 name=f"{attribute}_dictionary",
@@ -77,14 +80,7 @@ class AttributeEmbedder(keras.Model):
             )
         self.built = True
 
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.attribute_trackers = {
-            a: keras.metrics.Mean(name=f"{a}_loss") for a in ATTRIBUTE_TYPES
-        }
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker] + [self.attribute_trackers[a] for a in ATTRIBUTE_TYPES]
+        self.track_losses(["loss"] + [f"{a}_loss" for a in ATTRIBUTE_TYPES])
 
     def _embed_one(self, attribute, features, training=False):
         h = self.hidden_layers[attribute](features)
@@ -135,8 +131,10 @@ class AttributeEmbedder(keras.Model):
             float32 [B, k], unit norm rows.
         """
         indices = tf.stack(
-            [tf.cast(tf.reshape(attribute_idx, [-1]), tf.int32),
-             tf.cast(tf.reshape(value_idx, [-1]), tf.int32)],
+            [
+                tf.cast(tf.reshape(attribute_idx, [-1]), tf.int32),
+                tf.cast(tf.reshape(value_idx, [-1]), tf.int32),
+            ],
             axis=1,
         )
         return tf.gather_nd(self.stacked_dictionaries(), indices)
@@ -160,40 +158,60 @@ class AttributeEmbedder(keras.Model):
             )
         return result
 
-    def _compute_losses(self, data, training):
+    def nearest_classes(self, embeddings):
+        """The nearest dictionary class per type of stacked embeddings (in a graph).
+
+        Args:
+            embeddings: float32 [B, n_types, k] (`embed`'s blocks stacked in ATTRIBUTE_TYPES order).
+
+        Returns:
+            int32 [B, n_types]; a zero-padded row of `stacked_dictionaries` is never chosen.
+        """
+        max_classes = max(NUM_CLASSES.values())
+        padding = tf.constant(
+            [
+                [0.0 if c < NUM_CLASSES[a] else -1e9 for c in range(max_classes)]
+                for a in ATTRIBUTE_TYPES
+            ],
+            tf.float32,
+        )
+        scores = tf.einsum("btk,tck->btc", embeddings, self.stacked_dictionaries())
+        return tf.argmax(scores + padding, axis=-1, output_type=tf.int32)
+
+    def pseudo_labels(self, features, batch_size=4096):
+        """`classify`'s classes of numpy features, in batches: int32 numpy [N, n_types] (the
+        labels the manipulator's training takes where attribute_train has none)."""
+        out = []
+        for start in range(0, len(features), batch_size):
+            classified = self.classify(tf.constant(features[start : start + batch_size]))
+            out.append(np.stack([np.asarray(classified[a][0]) for a in ATTRIBUTE_TYPES], 1))
+        return (
+            np.concatenate(out).astype(np.int32)
+            if out
+            else np.zeros((0, len(ATTRIBUTE_TYPES)), np.int32)
+        )
+
+    def compute_losses(self, data, training):
+        """Eq. 2 per attribute type on `(features [B, D], labels int [B, 3])`, MISSING (-1) rows
+        left out of their type's mean; "loss" is the sum over types."""
         features, labels = data[0], data[1]
         labels = tf.cast(labels, tf.int32)
         embeddings = self.embed(features, training=training)
-        per_attribute = {}
+        out = {}
         for i, attribute in enumerate(ATTRIBUTE_TYPES):
             column = labels[:, i]
             per_example = losses.embedder_triplet_loss_per_example(
-                column, embeddings[attribute], self.dictionaries[attribute],
-                margin=self.margin, mining=self.mining,
+                column,
+                embeddings[attribute],
+                self.dictionaries[attribute],
+                margin=self.margin,
+                mining=self.mining,
             )  # Eq. 2, L_emb, 0 where the label is MISSING
-            per_attribute[attribute] = masked_mean(per_example, column != MISSING)
-        loss = check_finite(sum(per_attribute.values()), "AttributeEmbedder loss")
-        return loss, per_attribute
-
-    def _update_trackers(self, loss, per_attribute):
-        self.loss_tracker.update_state(loss)
-        for attribute in ATTRIBUTE_TYPES:
-            self.attribute_trackers[attribute].update_state(per_attribute[attribute])
-        return {m.name: m.result() for m in self.metrics}
-
-    def train_step(self, data):
-        """One step on `(features [B, D], labels int [B, 3])`, MISSING (-1) = no label."""
-        with tf.GradientTape() as tape:
-            loss, per_attribute = self._compute_losses(data, training=True)
-            replica_loss = scaled_loss(loss)
-        variables = self.trainable_variables
-        grads = tape.gradient(replica_loss, variables)
-        self.optimizer.apply(grads, variables)
-        return self._update_trackers(loss, per_attribute)
-
-    def test_step(self, data):
-        loss, per_attribute = self._compute_losses(data, training=False)
-        return self._update_trackers(loss, per_attribute)
+            out[f"{attribute}_loss"] = masked_mean(per_example, column != MISSING)
+        out["loss"] = check_finite(
+            sum(out[f"{a}_loss"] for a in ATTRIBUTE_TYPES), "AttributeEmbedder loss"
+        )
+        return out
 
     def get_config(self):
         config = super().get_config()

@@ -15,21 +15,21 @@ import tensorflow as tf
 from keras import ops
 
 from flam_tf import losses
-from flam_tf.distribute import check_finite, masked_mean, scaled_loss
-from flam_tf.vocabulary import ATTRIBUTE_TYPES, MISSING, NUM_CLASSES
+from flam_tf.config import MINING_STRATEGIES, check_option
+from flam_tf.distribute import check_finite, masked_mean
+from flam_tf.models.feature_extractor import FeatureExtractor
+from flam_tf.models.loss_tracking import LossTrackingModel
+from flam_tf.vocabulary import ATTRIBUTE_TYPES, MISSING, NUM_CLASSES, NUM_TYPES
 
-NUM_TYPES = len(ATTRIBUTE_TYPES)
 
-
-class _ConcatBaseline(keras.Model):
-    """Shared parts: blocks, representation, prototypes, manipulation, train/test steps."""
+class _ConcatBaseline(LossTrackingModel):
+    """Shared parts: blocks, representation, prototypes, manipulation and the losses."""
 
     def __init__(self, feature_dim, block_dim=341, **kwargs):
         super().__init__(**kwargs)
         self.feature_dim = feature_dim
         self.block_dim = block_dim
         self.prototypes = {}
-        self.prototype_counts = {}
         for attribute in ATTRIBUTE_TYPES:
             # Non-trainable weights so `fit_prototypes`' result is saved with the model.
             self.prototypes[attribute] = self.add_weight(
@@ -38,20 +38,7 @@ class _ConcatBaseline(keras.Model):
                 initializer="zeros",
                 trainable=False,
             )
-            self.prototype_counts[attribute] = self.add_weight(
-                name=f"{attribute}_prototype_counts",
-                shape=(NUM_CLASSES[attribute],),
-                initializer="zeros",
-                trainable=False,
-            )
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.attribute_trackers = {
-            a: keras.metrics.Mean(name=f"{a}_loss") for a in ATTRIBUTE_TYPES
-        }
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker] + [self.attribute_trackers[a] for a in ATTRIBUTE_TYPES]
+        self.track_losses(["loss"] + [f"{a}_loss" for a in ATTRIBUTE_TYPES])
 
     def blocks(self, features, training=False):
         """Attribute blocks, each L2-normalised: dict attribute -> float32 [B, block_dim]."""
@@ -64,7 +51,9 @@ class _ConcatBaseline(keras.Model):
     def represent(self, features, training=False):
         """The retrieval representation r: float32 [B, 3 * block_dim], unit norm rows."""
         blocks = self.blocks(features, training=training)
-        return ops.normalize(ops.concatenate([blocks[a] for a in ATTRIBUTE_TYPES], axis=-1), axis=-1)
+        return ops.normalize(
+            ops.concatenate([blocks[a] for a in ATTRIBUTE_TYPES], axis=-1), axis=-1
+        )
 
     def call(self, features, training=False):
         return self.represent(features, training=training)
@@ -85,17 +74,16 @@ class _ConcatBaseline(keras.Model):
         sums = {a: np.zeros((NUM_CLASSES[a], self.block_dim), np.float64) for a in ATTRIBUTE_TYPES}
         counts = {a: np.zeros((NUM_CLASSES[a],), np.int64) for a in ATTRIBUTE_TYPES}
         for start in range(0, len(features), batch_size):
-            blocks = self.blocks(features[start:start + batch_size])
+            blocks = self.blocks(features[start : start + batch_size])
             for i, attribute in enumerate(ATTRIBUTE_TYPES):
                 block = np.asarray(blocks[attribute])
-                column = labels[start:start + batch_size, i]
+                column = labels[start : start + batch_size, i]
                 known = column != MISSING
                 np.add.at(sums[attribute], column[known], block[known])
                 counts[attribute] += np.bincount(column[known], minlength=NUM_CLASSES[attribute])
         for attribute in ATTRIBUTE_TYPES:
             mean = sums[attribute] / np.maximum(counts[attribute], 1)[:, None]
             self.prototypes[attribute].assign(mean.astype(np.float32))
-            self.prototype_counts[attribute].assign(counts[attribute].astype(np.float32))
         return counts
 
     def manipulate(self, representations, attribute_idx, value_idx):
@@ -115,8 +103,10 @@ class _ConcatBaseline(keras.Model):
         max_classes = max(NUM_CLASSES.values())
         table = tf.stack(
             [
-                tf.pad(tf.convert_to_tensor(self.prototypes[a]),
-                       [[0, max_classes - NUM_CLASSES[a]], [0, 0]])
+                tf.pad(
+                    tf.convert_to_tensor(self.prototypes[a]),
+                    [[0, max_classes - NUM_CLASSES[a]], [0, 0]],
+                )
                 for a in ATTRIBUTE_TYPES
             ],
             axis=0,
@@ -128,36 +118,22 @@ class _ConcatBaseline(keras.Model):
         )  # [B, block_dim]
         is_target = tf.one_hot(attribute_idx, NUM_TYPES)[:, :, None] > 0.5
         blocks = tf.where(is_target, prototype[:, None, :], blocks)
-        return tf.math.l2_normalize(tf.reshape(blocks, [batch, NUM_TYPES * self.block_dim]), axis=-1)
+        return tf.math.l2_normalize(
+            tf.reshape(blocks, [batch, NUM_TYPES * self.block_dim]), axis=-1
+        )
 
-    def _compute_losses(self, data, training):
+    def compute_losses(self, data, training):
+        """Each type's loss on `(features [B, D], labels int [B, 3])`, MISSING (-1) rows masked
+        per type; "loss" is their sum."""
         features, labels = data[0], tf.cast(data[1], tf.int32)
-        per_attribute = {
-            a: self._attribute_loss(a, features, labels[:, i], training)
+        out = {
+            f"{a}_loss": self._attribute_loss(a, features, labels[:, i], training)
             for i, a in enumerate(ATTRIBUTE_TYPES)
         }
-        loss = check_finite(sum(per_attribute.values()), f"{type(self).__name__} loss")
-        return loss, per_attribute
-
-    def _update_trackers(self, loss, per_attribute):
-        self.loss_tracker.update_state(loss)
-        for attribute in ATTRIBUTE_TYPES:
-            self.attribute_trackers[attribute].update_state(per_attribute[attribute])
-        return {m.name: m.result() for m in self.metrics}
-
-    def train_step(self, data):
-        """One step on `(features [B, D], labels int [B, 3])`, MISSING (-1) rows masked per type."""
-        with tf.GradientTape() as tape:
-            loss, per_attribute = self._compute_losses(data, training=True)
-            replica_loss = scaled_loss(loss)
-        variables = self.trainable_variables
-        grads = tape.gradient(replica_loss, variables)
-        self.optimizer.apply(grads, variables)
-        return self._update_trackers(loss, per_attribute)
-
-    def test_step(self, data):
-        loss, per_attribute = self._compute_losses(data, training=False)
-        return self._update_trackers(loss, per_attribute)
+        out["loss"] = check_finite(
+            sum(out[f"{a}_loss"] for a in ATTRIBUTE_TYPES), f"{type(self).__name__} loss"
+        )
+        return out
 
     def get_config(self):
         config = super().get_config()
@@ -193,14 +169,14 @@ class ClsConcat(_ConcatBaseline):
             classifier = keras.layers.Dense(NUM_CLASSES[attribute], name=f"{attribute}_classifier")
             classifier.build((None, block_dim))
             self.hidden_layers[attribute] = hidden
-            self.dropout_layers[attribute] = keras.layers.Dropout(dropout, name=f"{attribute}_dropout")
+            self.dropout_layers[attribute] = keras.layers.Dropout(
+                dropout, name=f"{attribute}_dropout"
+            )
             self.classifiers[attribute] = classifier
         self.built = True
 
     def blocks(self, features, training=False):
-        return {
-            a: ops.normalize(self.hidden_layers[a](features), axis=-1) for a in ATTRIBUTE_TYPES
-        }
+        return {a: ops.normalize(self.hidden_layers[a](features), axis=-1) for a in ATTRIBUTE_TYPES}
 
     def logits(self, features, training=False):
         """Class logits per attribute type: dict attribute -> float32 [B, C_a]."""
@@ -211,7 +187,9 @@ class ClsConcat(_ConcatBaseline):
         return result
 
     def _attribute_loss(self, attribute, features, labels, training):
-        h = self.dropout_layers[attribute](self.hidden_layers[attribute](features), training=training)
+        h = self.dropout_layers[attribute](
+            self.hidden_layers[attribute](features), training=training
+        )
         logits = self.classifiers[attribute](h)
         known = labels != MISSING
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
@@ -246,14 +224,17 @@ class EmbConcat(_ConcatBaseline):
         float32 [B, 3 * block_dim], unit norm rows (`represent`).
     """
 
-    def __init__(self, feature_dim, block_dim=341, margin=0.2, mining="semi-hard",
-                 hidden_units=None, **kwargs):
+    def __init__(
+        self,
+        feature_dim,
+        block_dim=341,
+        margin=0.2,
+        mining="semi-hard",
+        hidden_units=None,
+        **kwargs,
+    ):
         super().__init__(feature_dim, block_dim, **kwargs)
-        if mining not in losses.MINING_STRATEGIES:
-            raise ValueError(
-                f"Unknown mining. Received: mining={mining!r}; "
-                f"expected one of {list(losses.MINING_STRATEGIES)}"
-            )
+        check_option("mining", mining, MINING_STRATEGIES)
         self.margin = margin
         self.mining = mining
         self.hidden_units = hidden_units
@@ -280,7 +261,11 @@ class EmbConcat(_ConcatBaseline):
         )
         # Eq. 1 on the labelled rows only (mined within this replica's slice).
         return losses.triplet_loss(
-            labels, block, margin=self.margin, mining=self.mining, distance="cosine",
+            labels,
+            block,
+            margin=self.margin,
+            mining=self.mining,
+            distance="cosine",
             sample_weight_mask=labels != MISSING,
         )
 
@@ -293,7 +278,7 @@ class EmbConcat(_ConcatBaseline):
 
 
 @keras.saving.register_keras_serializable(package="flam_tf")
-class PixelConcat(keras.Model):
+class PixelConcat(LossTrackingModel):
     """A concat baseline as the paper trains it: from images, with attribute labels only.
 
     Its own encoder (a `FeatureExtractor` of the same backbone family as FLAM's, its CE and triplet
@@ -312,22 +297,44 @@ class PixelConcat(keras.Model):
         float32 [B, 3 * block_dim], the head's unit norm representation.
     """
 
-    def __init__(self, head, backbone="small_cnn", pooling="spoc", feature_dim=256,
-                 image_size=64, weights=None, **kwargs):
+    def __init__(
+        self,
+        head,
+        backbone="small_cnn",
+        pooling="spoc",
+        feature_dim=256,
+        image_size=64,
+        weights=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
-        from flam_tf.models.feature_extractor import FeatureExtractor
-
         if isinstance(head, dict):
             head = keras.saving.deserialize_keras_object(head)
         if head.feature_dim != feature_dim:
-            raise ValueError(f"head.feature_dim must equal feature_dim. Received: "
-                             f"{head.feature_dim} and {feature_dim}")
+            raise ValueError(
+                f"head.feature_dim must equal feature_dim. Received: "
+                f"{head.feature_dim} and {feature_dim}"
+            )
         self.head = head
-        self.encoder = FeatureExtractor(backbone, pooling, feature_dim, image_size,
-                                        num_ce_classes=1, ce_weight=0.0, triplet_weight=0.0,
-                                        weights=weights, name="encoder")
-        self.encoder_config = dict(backbone=backbone, pooling=pooling, feature_dim=feature_dim,
-                                   image_size=image_size, weights=weights)
+        self.encoder = FeatureExtractor(
+            backbone,
+            pooling,
+            feature_dim,
+            image_size,
+            num_ce_classes=1,
+            ce_weight=0.0,
+            triplet_weight=0.0,
+            weights=weights,
+            name="encoder",
+        )
+        self.encoder.classifier.trainable = False  # its CE head is unused: never trained
+        self.encoder_config = dict(
+            backbone=backbone,
+            pooling=pooling,
+            feature_dim=feature_dim,
+            image_size=image_size,
+            weights=weights,
+        )
         self.built = True
 
     @property
@@ -341,31 +348,18 @@ class PixelConcat(keras.Model):
     def call(self, images, training=False):
         return self.head.represent(self.encode(images, training=training))
 
-    def _variables(self):
-        unused = {id(v) for v in self.encoder.classifier.trainable_variables}
-        return [v for v in self.trainable_variables if id(v) not in unused]
-
-    def train_step(self, data):
-        """One step on `(images [B, S, S, 3], labels int [B, 3])`, -1 = label missing."""
+    def compute_losses(self, data, training):
+        """The head's losses on the encoded `(images [B, S, S, 3], labels int [B, 3])`."""
         images, labels = data
-        with tf.GradientTape() as tape:
-            h = self.encode(images, training=True)
-            loss, per_attribute = self.head._compute_losses((h, labels), training=True)
-            replica_loss = scaled_loss(loss)
-        variables = self._variables()
-        self.optimizer.apply(tape.gradient(replica_loss, variables), variables)
-        return self.head._update_trackers(loss, per_attribute)
-
-    def test_step(self, data):
-        images, labels = data
-        loss, per_attribute = self.head._compute_losses((self.encode(images), labels),
-                                                        training=False)
-        return self.head._update_trackers(loss, per_attribute)
+        return self.head.compute_losses(
+            (self.encode(images, training=training), labels), training=training
+        )
 
     def get_config(self):
         config = super().get_config()
-        config.update({"head": keras.saving.serialize_keras_object(self.head),
-                       **self.encoder_config})
+        config.update(
+            {"head": keras.saving.serialize_keras_object(self.head), **self.encoder_config}
+        )
         return config
 
     @classmethod

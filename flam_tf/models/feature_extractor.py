@@ -5,8 +5,11 @@ import tensorflow as tf
 from keras import ops
 
 from flam_tf import losses
-from flam_tf.distribute import check_finite, masked_mean, scaled_loss
+from flam_tf.config import DISTANCES, MINING_STRATEGIES, check_option
+from flam_tf.distribute import check_finite, masked_mean
 from flam_tf.models.backbones import GlobalPooling, build_backbone
+from flam_tf.models.loss_tracking import LossTrackingModel
+from flam_tf.vocabulary import ATTRIBUTE_TYPES, NUM_CLASSES
 
 
 @keras.saving.register_keras_serializable(package="flam_tf")
@@ -56,15 +59,14 @@ class CosineClassifier(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="flam_tf")
-class FeatureExtractor(keras.Model):
+class FeatureExtractor(LossTrackingModel):
     """Backbone -> global pooling -> (projection) -> L2 norm, trained with CE + triplet loss.
 
     Sec. 4.2 of the paper: ResNet50, SPoC pooling, cross-entropy over the 1000 most frequent
     instance ids plus a triplet loss over all instances. A BatchNorm "neck" sits between the
     projection and the L2 norm: SPoC sums non-negative ReLU maps, so without centring every
-    feature points the same way, cosine distances are all small, and neither loss learned on the
-    synthetic benchmark (measured: CE stuck at chance, in-shop R@1 0.21 -> 0.48 with the neck,
-    same 400 steps). The BN is synchronized, so N replicas normalise like the global batch.
+    feature points the same way, cosine distances are all small, and neither loss learns (BUILD.md,
+    tuning notes). The BN is synchronized, so N replicas normalise like the global batch.
 
     Args:
         backbone: a name from `backbones.BACKBONES`.
@@ -111,22 +113,14 @@ class FeatureExtractor(keras.Model):
         distance="cosine",
         ce_scale=16.0,
         attribute_weight=0.0,
-        attribute_classes=(10, 10, 10),
+        attribute_classes=tuple(NUM_CLASSES[a] for a in ATTRIBUTE_TYPES),
         **kwargs,
     ):
         super().__init__(**kwargs)
         if not attribute_weight >= 0:
             raise ValueError(f"attribute_weight must be >= 0. Received: {attribute_weight}")
-        if mining not in losses.MINING_STRATEGIES:
-            raise ValueError(
-                f"Unknown mining. Received: mining={mining!r}; "
-                f"expected one of {list(losses.MINING_STRATEGIES)}"
-            )
-        if distance not in losses.DISTANCES:
-            raise ValueError(
-                f"Unknown distance. Received: distance={distance!r}; "
-                f"expected one of {list(losses.DISTANCES)}"
-            )
+        check_option("mining", mining, MINING_STRATEGIES)
+        check_option("distance", distance, DISTANCES)
         self.backbone_name = backbone
         self.pooling = pooling
         self.feature_dim = feature_dim
@@ -164,15 +158,10 @@ class FeatureExtractor(keras.Model):
                 self.attribute_heads.append(head)
         self.built = True
 
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.ce_tracker = keras.metrics.Mean(name="ce_loss")
-        self.triplet_tracker = keras.metrics.Mean(name="triplet_loss")
-        self.attribute_tracker = keras.metrics.Mean(name="attribute_loss")
-
-    @property
-    def metrics(self):
-        trackers = [self.loss_tracker, self.ce_tracker, self.triplet_tracker]
-        return trackers + ([self.attribute_tracker] if self.attribute_heads else [])
+        self.track_losses(
+            ["loss", "ce_loss", "triplet_loss"]
+            + (["attribute_loss"] if self.attribute_heads else [])
+        )
 
     def call(self, images, training=False):
         x = self.pool(self.backbone(images, training=training))
@@ -191,7 +180,8 @@ class FeatureExtractor(keras.Model):
             y = labels[:, t]
             known = y >= 0
             per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=tf.where(known, y, 0), logits=head(features))
+                labels=tf.where(known, y, 0), logits=head(features)
+            )
             total += masked_mean(per_example, known)
         return total / len(self.attribute_heads)
 
@@ -200,11 +190,16 @@ class FeatureExtractor(keras.Model):
         if self.attribute_heads and isinstance(data[0], (tuple, list)):
             return data[0], data[1]
         if self.attribute_heads:
-            raise ValueError("attribute_weight > 0: training data must be ((images, targets), "
-                             "(attribute_images, labels))")
+            raise ValueError(
+                "attribute_weight > 0: training data must be ((images, targets), "
+                "(attribute_images, labels))"
+            )
         return data, None
 
-    def _compute_losses(self, data, training):
+    def compute_losses(self, data, training):
+        """CE over the num_ce_classes ids + triplet on instance ids (Eq. 1), plus the attribute
+        term with attribute_weight > 0, on `(images [B,S,S,3], {"instance": int [B], "ce_class":
+        int [B] or -1})` (with attribute_weight > 0: that pair and `(attribute_images, labels)`)."""
         data, attribute_data = self._split(data)
         images, targets = data[0], data[1]
         instance = tf.reshape(tf.cast(targets["instance"], tf.int32), [-1])
@@ -225,29 +220,7 @@ class FeatureExtractor(keras.Model):
             attribute = self.attribute_loss(attribute_data[0], attribute_data[1], training)
             loss += self.attribute_weight * attribute
         loss = check_finite(loss, "FeatureExtractor loss")
-        return loss, ce, triplet, attribute
-
-    def _update_trackers(self, loss, ce, triplet, attribute):
-        self.loss_tracker.update_state(loss)
-        self.ce_tracker.update_state(ce)
-        self.triplet_tracker.update_state(triplet)
-        if self.attribute_heads:
-            self.attribute_tracker.update_state(attribute)
-        return {m.name: m.result() for m in self.metrics}
-
-    def train_step(self, data):
-        """One step on `(images [B,S,S,3], {"instance": int [B], "ce_class": int [B] or -1})`
-        (with attribute_weight > 0: that pair and `(attribute_images, labels)`)."""
-        with tf.GradientTape() as tape:
-            losses_ = self._compute_losses(data, training=True)
-            replica_loss = scaled_loss(losses_[0])
-        variables = self.trainable_variables
-        grads = tape.gradient(replica_loss, variables)
-        self.optimizer.apply(grads, variables)
-        return self._update_trackers(*losses_)
-
-    def test_step(self, data):
-        return self._update_trackers(*self._compute_losses(data, training=False))
+        return {"loss": loss, "ce_loss": ce, "triplet_loss": triplet, "attribute_loss": attribute}
 
     def get_config(self):
         config = super().get_config()

@@ -8,301 +8,33 @@ the embedding stage is the teacher of D (Eq. 4) and the pseudo-labeler that deci
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import ops
 
 from flam_tf import losses
+from flam_tf.config import (
+    FEATURE_MATCHING_MODES,
+    GENERATORS,
+    PRECISIONS,
+    TARGET_SAMPLING,
+    EmbedderConfig,
+    ManipulatorConfig,
+    check_option,
+)
 from flam_tf.distribute import check_finite, masked_mean, scaled_loss
 from flam_tf.models.attribute_embedder import AttributeEmbedder  # noqa: F401 (registration)
-from flam_tf.vocabulary import ATTRIBUTE_TYPES, NUM_CLASSES, attribute_index, class_index
+from flam_tf.models.manipulator_networks import (
+    Discriminator,
+    Generator,
+    MemoryGenerator,
+    class_means,
+)
+from flam_tf.vocabulary import ATTRIBUTE_TYPES, NUM_CLASSES, NUM_TYPES, attribute_index, class_index
 
-NUM_TYPES = len(ATTRIBUTE_TYPES)
-GENERATORS = ("memory", "mlp")
-TARGET_SAMPLING = ("uniform", "partner")
-# Compute dtype policy of G and D: mixed_bfloat16 runs their Dense layers in bfloat16 (float32
-# variables, float32 inputs and outputs); the frozen embedder and every loss stay float32.
-PRECISIONS = ("float32", "mixed_bfloat16")
+# The constructor's defaults are the config's (flam_tf.config), the one source of defaults.
+_DEFAULTS = ManipulatorConfig()
+_EMBEDDER = EmbedderConfig()
+
 # Replica r of a MirroredStrategy draws with seed + [0, r * stride]: distinct streams per replica.
 _REPLICA_SEED_STRIDE = 1000003
-
-
-def class_means(features, labels, class_counts):
-    """Per attribute type and class, the mean of the feature rows with that label.
-
-    Args:
-        features: float [N, D].
-        labels: int [N, n_types], -1 where unknown (left out of every mean).
-        class_counts: C_a per attribute type.
-
-    Returns:
-        float32 [n_types, max(class_counts), D]; a class without rows (or a padding row) is 0.
-    """
-    features = np.asarray(features, np.float32)
-    labels = np.asarray(labels)
-    means = np.zeros((len(class_counts), max(class_counts), features.shape[1]), np.float32)
-    for a, count in enumerate(class_counts):
-        for c in range(count):
-            rows = labels[:, a] == c
-            if rows.any():
-                means[a, c] = features[rows].mean(0)
-    return means
-
-
-def _padding_penalty(class_counts):
-    """[n_types, C_max] additive scores: 0 for real classes, -1e9 for zero-padded dictionary rows."""
-    max_classes = max(class_counts)
-    return tf.constant([[0.0 if c < count else -1e9 for c in range(max_classes)]
-                        for count in class_counts], tf.float32)
-
-
-def _mlp(hidden_units, name, dtype=None):
-    return [
-        keras.layers.Dense(units, activation="leaky_relu", name=f"{name}_dense{i}", dtype=dtype)
-        for i, units in enumerate(hidden_units)
-    ]
-
-
-def _float32(x):
-    """Outputs leave G and D in float32 whatever their compute dtype (mixed_bfloat16)."""
-    return ops.cast(x, "float32")
-
-
-def _slot(embeddings, attribute_index, num_attribute_types):
-    """slot_a(e): e placed in block a of a zero vector [B, num_attribute_types * k]."""
-    slots = tf.one_hot(tf.cast(attribute_index, tf.int32), num_attribute_types)
-    width = num_attribute_types * embeddings.shape[-1]
-    return tf.reshape(slots[:, :, None] * embeddings[:, None, :], [-1, width])
-
-
-@keras.saving.register_keras_serializable(package="flam_tf")
-class Generator(keras.Model):
-    """G(x, e) -> x~: a feature with the attribute described by e, the rest of x kept (Eq. 3).
-
-    Residual formulation: x~ = l2_normalize(x + MLP([x ; slot_a(e)])). The MLP only has to learn
-    the change, so G starts close to the identity (which is what the remaining attributes need) and
-    the output is a unit vector like every real feature, so it can be searched with cosine
-    similarity.
-
-    slot_a(e) places the k-dim embedding e in block a of a (n_types * k) zero vector. The paper
-    feeds [x ; e] (Sec. 3.2), but the three embedding spaces are all unit vectors in R^k, so a bare
-    e does not say which attribute type it describes; the slot does. (On the synthetic default
-    preset it measured neutral with the paper-like loss weights, all-T@10 0.182 -> 0.183; it is
-    kept because without it G(x, d) is ambiguous by construction. BUILD.md, section 8.)
-
-    Args:
-        feature_dim: D.
-        embedding_dim: k.
-        hidden_units: widths of the hidden layers (LeakyReLU).
-        num_attribute_types: n_types, the number of slots.
-
-    Call args:
-        inputs: tuple (features float32 [B, D], embeddings float32 [B, k], attribute_index
-            int32 [B]), optionally with a 4th element (source embeddings) that it ignores, so that
-            it is called like `MemoryGenerator`.
-
-    Returns:
-        float32 [B, D], unit norm rows.
-    """
-
-    def __init__(self, feature_dim, embedding_dim=32, hidden_units=(512, 512),
-                 num_attribute_types=NUM_TYPES, **kwargs):
-        # Inputs stay float32 (x is added back at full precision); the Dense layers cast for
-        # themselves under a mixed policy.
-        super().__init__(autocast=False, **kwargs)
-        self.feature_dim = feature_dim
-        self.embedding_dim = embedding_dim
-        self.hidden_units = tuple(hidden_units)
-        self.num_attribute_types = num_attribute_types
-        self.hidden = _mlp(self.hidden_units, "g", self.dtype_policy)
-        self.delta = keras.layers.Dense(feature_dim, name="g_delta", dtype=self.dtype_policy)
-        width = feature_dim + num_attribute_types * embedding_dim
-        for layer in self.hidden:
-            layer.build((None, width))
-            width = layer.units
-        self.delta.build((None, width))
-        self.built = True
-
-    def call(self, inputs):
-        features, embeddings, attribute_index = inputs[:3]  # a 4th (source) input is unused
-        features, embeddings = _float32(features), _float32(embeddings)
-        slotted = _slot(embeddings, attribute_index, self.num_attribute_types)
-        h = ops.concatenate([features, slotted], axis=-1)  # [x ; slot_a(e)], Sec. 3.2
-        for layer in self.hidden:
-            h = layer(h)
-        return ops.normalize(features + _float32(self.delta(h)), axis=-1)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "feature_dim": self.feature_dim,
-                "embedding_dim": self.embedding_dim,
-                "hidden_units": list(self.hidden_units),
-                "num_attribute_types": self.num_attribute_types,
-            }
-        )
-        return config
-
-
-@keras.saving.register_keras_serializable(package="flam_tf")
-class MemoryGenerator(keras.Model):
-    """G(x, e) as a residual on a learned attribute memory (ours; the memory of ADDE-M, the gated
-    residual idea of TIRG):
-
-        x~ = l2_normalize(x + w(e)^T M_a - w(e_src)^T M_a + delta([x ; slot_a(e)]))
-
-    M_a [C_a, D] holds one learned vector per class of attribute type a, initialised at the class
-    means of real features (`initialize_memory`), so an untrained G is the class-mean shift.
-    w(e) = softmax(cos(e, d_a) / memory_temperature) reads the class that e describes off the
-    (frozen) dictionaries d_a: a dictionary vector d_{a,v} selects row v, an embedding phi_a(x^-)
-    its nearest classes. e_src = phi_a(x), the query's own embedding, selects the row to take
-    away. delta is an MLP whose last layer starts at zero, so it only learns a correction.
-
-    Args:
-        feature_dim: D.
-        embedding_dim: k.
-        class_counts: C_a per attribute type (padding rows beyond C_a are never selected).
-        hidden_units: widths of delta's hidden layers (LeakyReLU).
-        memory_temperature: softmax temperature of w(.).
-        dictionaries: float32 [n_types, C_max, k], the embedder's normalised dictionaries,
-            zero-padded (`AttributeEmbedder.stacked_dictionaries()`); None when loading.
-
-    Call args:
-        inputs: tuple (features float32 [B, D], embeddings float32 [B, k], attribute_index
-            int32 [B], source_embeddings float32 [B, k]).
-
-    Returns:
-        float32 [B, D], unit norm rows.
-    """
-
-    def __init__(self, feature_dim, embedding_dim, class_counts, hidden_units=(512, 512),
-                 memory_temperature=0.05, dictionaries=None, **kwargs):
-        super().__init__(autocast=False, **kwargs)  # as Generator: x stays float32
-        self.feature_dim = feature_dim
-        self.embedding_dim = embedding_dim
-        self.class_counts = tuple(int(c) for c in class_counts)
-        self.num_attribute_types = len(self.class_counts)
-        self.max_classes = max(self.class_counts)
-        self.hidden_units = tuple(hidden_units)
-        self.memory_temperature = memory_temperature
-        shape = (self.num_attribute_types, self.max_classes, embedding_dim)
-        # A frozen copy of the embedder's dictionaries (restored with the weights on load).
-        self.dictionaries = self.add_weight(
-            shape=shape, trainable=False, name="dictionaries", autocast=False,
-            initializer=("zeros" if dictionaries is None else
-                         keras.initializers.Constant(np.asarray(dictionaries, np.float32))))
-        self.memory = self.add_weight(
-            shape=(self.num_attribute_types, self.max_classes, feature_dim),
-            initializer="zeros", name="memory", autocast=False)  # float32 under mixed precision
-        self.hidden = _mlp(self.hidden_units, "g", self.dtype_policy)
-        self.delta = keras.layers.Dense(feature_dim, kernel_initializer="zeros", name="g_delta",
-                                        dtype=self.dtype_policy)
-        width = feature_dim + self.num_attribute_types * self.embedding_dim
-        for layer in self.hidden:
-            layer.build((None, width))
-            width = layer.units
-        self.delta.build((None, width))
-        self.built = True
-
-    def initialize_memory(self, class_means):
-        """Sets M to class means of real features: float32 [n_types, C_max, D] (unused rows 0)."""
-        self.memory.assign(np.asarray(class_means, np.float32))
-
-    def class_weights(self, embeddings, attribute_index):
-        """w(e): float32 [B, C_max], a softmax over the classes of each row's attribute type."""
-        dictionaries = tf.gather(self.dictionaries, attribute_index)  # [B, C_max, k]
-        scores = tf.einsum("bk,bck->bc", ops.normalize(embeddings, axis=-1), dictionaries)
-        counts = tf.gather(tf.constant(self.class_counts, tf.int32), attribute_index)
-        present = tf.range(self.max_classes)[None, :] < counts[:, None]
-        scores = tf.where(present, scores / self.memory_temperature, -1e9)
-        return tf.nn.softmax(scores, axis=-1)
-
-    def call(self, inputs):
-        features, embeddings, attribute_index, source_embeddings = inputs
-        features, embeddings = _float32(features), _float32(embeddings)
-        source_embeddings = _float32(source_embeddings)
-        attribute_index = tf.cast(tf.reshape(attribute_index, [-1]), tf.int32)
-        memory = tf.gather(self.memory, attribute_index)  # [B, C_max, D]
-        change = (self.class_weights(embeddings, attribute_index)
-                  - self.class_weights(source_embeddings, attribute_index))
-        shift = tf.einsum("bc,bcd->bd", change, memory)
-        h = ops.concatenate([features, _slot(embeddings, attribute_index,
-                                             self.num_attribute_types)], axis=-1)
-        for layer in self.hidden:
-            h = layer(h)
-        return ops.normalize(features + shift + _float32(self.delta(h)), axis=-1)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "feature_dim": self.feature_dim,
-                "embedding_dim": self.embedding_dim,
-                "class_counts": list(self.class_counts),
-                "hidden_units": list(self.hidden_units),
-                "memory_temperature": self.memory_temperature,
-            }
-        )
-        return config
-
-
-@keras.saving.register_keras_serializable(package="flam_tf")
-class Discriminator(keras.Model):
-    """D(x) -> (real/fake logit, f(x)): a shared MLP trunk split into two branches (Sec. 3.2).
-
-    The paper's matching branch has (n+1)*k outputs for n remaining types plus the target type:
-    with three attribute types that is `num_attribute_types * k`, one block per type in
-    ATTRIBUTE_TYPES order, matched against the embedders' outputs (Eq. 4).
-
-    Args:
-        feature_dim: D.
-        embedding_dim: k.
-        num_attribute_types: n + 1 (3).
-        hidden_units: widths of the shared hidden layers (LeakyReLU).
-
-    Call args:
-        features: float32 [B, D].
-
-    Returns:
-        tuple (logits float32 [B], f(x) float32 [B, num_attribute_types * k]).
-    """
-
-    def __init__(self, feature_dim, embedding_dim=32, num_attribute_types=NUM_TYPES,
-                 hidden_units=(512, 512), **kwargs):
-        super().__init__(autocast=False, **kwargs)
-        self.feature_dim = feature_dim
-        self.embedding_dim = embedding_dim
-        self.num_attribute_types = num_attribute_types
-        self.hidden_units = tuple(hidden_units)
-        self.hidden = _mlp(self.hidden_units, "d", self.dtype_policy)
-        self.logit_head = keras.layers.Dense(1, name="d_logit", dtype=self.dtype_policy)
-        self.matching_head = keras.layers.Dense(num_attribute_types * embedding_dim,
-                                                name="d_matching", dtype=self.dtype_policy)
-        width = feature_dim
-        for layer in self.hidden:
-            layer.build((None, width))
-            width = layer.units
-        self.logit_head.build((None, width))
-        self.matching_head.build((None, width))
-        self.built = True
-
-    def call(self, features):
-        h = features
-        for layer in self.hidden:
-            h = layer(h)
-        return (_float32(ops.squeeze(self.logit_head(h), axis=-1)),
-                _float32(self.matching_head(h)))
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "feature_dim": self.feature_dim,
-                "embedding_dim": self.embedding_dim,
-                "num_attribute_types": self.num_attribute_types,
-                "hidden_units": list(self.hidden_units),
-            }
-        )
-        return config
 
 
 def select_partners(embeddings, classes, target_index, online_sampling=True, seed=None):
@@ -419,31 +151,31 @@ class FeatureManipulator(keras.Model):
         self,
         embedder,
         feature_dim,
-        embedding_dim=32,
-        g_hidden=(512, 512),
-        d_hidden=(512, 512),
-        generator="memory",
-        target_sampling="uniform",
-        matching="M",
-        adversarial=False,
-        online_sampling=True,
-        adv_weight=5.0,
-        match_weight=20.0,
-        cycle_weight=3.0,
-        teacher_weight=10.0,
-        retrieval_weight=10.0,
-        distance_weight=0.0,
-        retrieval_temperature=0.07,
-        memory_temperature=0.05,
-        precision="float32",
+        embedding_dim=_EMBEDDER.embedding_dim,
+        g_hidden=(_DEFAULTS.g_hidden, _DEFAULTS.g_hidden),
+        d_hidden=(_DEFAULTS.d_hidden, _DEFAULTS.d_hidden),
+        generator=_DEFAULTS.generator,
+        target_sampling=_DEFAULTS.target_sampling,
+        matching=_DEFAULTS.matching,
+        adversarial=_DEFAULTS.adversarial,
+        online_sampling=_DEFAULTS.online_sampling,
+        adv_weight=_DEFAULTS.adv_weight,
+        match_weight=_DEFAULTS.match_weight,
+        cycle_weight=_DEFAULTS.cycle_weight,
+        teacher_weight=_DEFAULTS.teacher_weight,
+        retrieval_weight=_DEFAULTS.retrieval_weight,
+        distance_weight=_DEFAULTS.distance_weight,
+        retrieval_temperature=_DEFAULTS.retrieval_temperature,
+        memory_temperature=_DEFAULTS.memory_temperature,
+        precision=_DEFAULTS.precision,
         seed=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        losses._check_option("precision", precision, PRECISIONS)
-        losses._check_option("matching", matching, losses.FEATURE_MATCHING_MODES)
-        losses._check_option("generator", generator, GENERATORS)
-        losses._check_option("target_sampling", target_sampling, TARGET_SAMPLING)
+        check_option("precision", precision, PRECISIONS)
+        check_option("matching", matching, FEATURE_MATCHING_MODES)
+        check_option("generator", generator, GENERATORS)
+        check_option("target_sampling", target_sampling, TARGET_SAMPLING)
         if isinstance(embedder, dict):
             embedder = keras.saving.deserialize_keras_object(embedder)
         if embedder.embedding_dim != embedding_dim:
@@ -476,15 +208,27 @@ class FeatureManipulator(keras.Model):
 
         if generator == "memory":
             self.generator = MemoryGenerator(
-                feature_dim, embedding_dim, self.class_counts, self.g_hidden,
+                feature_dim,
+                embedding_dim,
+                self.class_counts,
+                self.g_hidden,
                 memory_temperature=memory_temperature,
-                dictionaries=embedder.stacked_dictionaries(), name="generator", dtype=precision)
+                dictionaries=embedder.stacked_dictionaries(),
+                name="generator",
+                dtype=precision,
+            )
         else:
-            self.generator = Generator(feature_dim, embedding_dim, self.g_hidden, name="generator",
-                                       dtype=precision)
+            self.generator = Generator(
+                feature_dim, embedding_dim, self.g_hidden, name="generator", dtype=precision
+            )
         self.discriminator = Discriminator(
-            feature_dim, embedding_dim, NUM_TYPES, self.d_hidden, name="discriminator",
-            dtype=precision)
+            feature_dim,
+            embedding_dim,
+            NUM_TYPES,
+            self.d_hidden,
+            name="discriminator",
+            dtype=precision,
+        )
         self.seed_generator = keras.random.SeedGenerator(seed, name="manipulator_seed")
         self._bank = None  # (features [N, D], labels int32 [N, 3]), see set_retrieval_bank
         self.built = True
@@ -537,25 +281,26 @@ class FeatureManipulator(keras.Model):
         """
         features = np.asarray(features, np.float32)
         labels = np.asarray(labels, np.int32)
-        if features.ndim != 2 or features.shape[1] != self.feature_dim or labels.shape != (
-                len(features), NUM_TYPES):
-            raise ValueError(f"Expected features [N, {self.feature_dim}] and labels [N, {NUM_TYPES}]."
-                             f" Received: {features.shape} and {labels.shape}")
+        if (
+            features.ndim != 2
+            or features.shape[1] != self.feature_dim
+            or labels.shape != (len(features), NUM_TYPES)
+        ):
+            raise ValueError(
+                f"Expected features [N, {self.feature_dim}] and labels [N, {NUM_TYPES}]."
+                f" Received: {features.shape} and {labels.shape}"
+            )
         # One id per attribute combination: a single comparison per (query, bank row) pair.
         combination = np.where((labels >= 0).all(1), labels @ self._combination_strides(), -1)
         self._bank = (tf.constant(features), tf.constant(combination.astype(np.int32)))
 
     def _combination_strides(self):
         counts = self.class_counts
-        return np.array([int(np.prod(counts[t + 1:])) for t in range(NUM_TYPES)], np.int32)
+        return np.array([int(np.prod(counts[t + 1 :])) for t in range(NUM_TYPES)], np.int32)
 
     def pseudo_labels(self, features, batch_size=4096):
         """The frozen embedder's nearest-dictionary classes: int32 numpy [N, 3]."""
-        out = []
-        for start in range(0, len(features), batch_size):
-            classified = self.embedder.classify(tf.constant(features[start:start + batch_size]))
-            out.append(np.stack([np.asarray(classified[a][0]) for a in ATTRIBUTE_TYPES], 1))
-        return np.concatenate(out).astype(np.int32) if out else np.zeros((0, NUM_TYPES), np.int32)
+        return self.embedder.pseudo_labels(features, batch_size)
 
     def initialize_memory(self, features, labels):
         """Starts the MemoryGenerator at per-class means of `features` (labels int [N, 3], -1 skip)."""
@@ -572,8 +317,9 @@ class FeatureManipulator(keras.Model):
         attribute_index = tf.cast(tf.reshape(attribute_index, [-1]), tf.int32)
         if self.generator_type == "memory":
             if source_embeddings is None:
-                own = tf.stack([self.embedder.embed(features)[a] for a in ATTRIBUTE_TYPES],
-                               axis=1)  # [B, 3, k]
+                own = tf.stack(
+                    [self.embedder.embed(features)[a] for a in ATTRIBUTE_TYPES], axis=1
+                )  # [B, 3, k]
                 source_embeddings = tf.gather(own, attribute_index, batch_dims=1)
             return self.generator((features, embeddings, attribute_index, source_embeddings))
         return self.generator((features, embeddings, attribute_index))
@@ -624,9 +370,7 @@ class FeatureManipulator(keras.Model):
         embedded = self.embedder.embed(features)
         embeddings = tf.stack([embedded[a] for a in ATTRIBUTE_TYPES], axis=1)  # [B, 3, k]
         dictionaries = self.embedder.stacked_dictionaries()  # [3, C_max, k]
-        classes = tf.argmax(tf.einsum("btk,tck->btc", embeddings, dictionaries)
-                            + _padding_penalty(self.class_counts), axis=-1,
-                            output_type=tf.int32)  # [B, 3] pseudo-labels (b)
+        classes = self.embedder.nearest_classes(embeddings)  # [B, 3] pseudo-labels (b)
         own_class = tf.gather(classes, target_index, batch_dims=1)  # [B]
         if self.target_sampling == "partner":
             seed = None if self.online_sampling else self._replica_seed()
@@ -638,14 +382,20 @@ class FeatureManipulator(keras.Model):
         else:
             counts = tf.gather(tf.constant(self.class_counts, tf.int32), target_index)
             offset = tf.random.stateless_uniform(
-                tf.shape(target_index), seed=self._replica_seed(), minval=0,
-                maxval=tf.int32.max, dtype=tf.int32) % tf.maximum(counts - 1, 1)
+                tf.shape(target_index),
+                seed=self._replica_seed(),
+                minval=0,
+                maxval=tf.int32.max,
+                dtype=tf.int32,
+            ) % tf.maximum(counts - 1, 1)
             target_class = (own_class + 1 + offset) % counts  # uniform over the other classes
             valid = counts > 1
             target_vectors = tf.gather_nd(dictionaries, tf.stack([target_index, target_class], 1))
             target_embeddings = tf.where(
                 tf.one_hot(target_index, NUM_TYPES)[:, :, None] > 0.5,
-                target_vectors[:, None, :], embeddings)
+                target_vectors[:, None, :],
+                embeddings,
+            )
         e_neg = tf.gather(target_embeddings, target_index, batch_dims=1)  # [B, k]
         e_own = tf.gather(embeddings, target_index, batch_dims=1)  # phi_a(x), [B, k]
         is_target = tf.one_hot(target_index, NUM_TYPES)[:, :, None] > 0.5
@@ -655,10 +405,17 @@ class FeatureManipulator(keras.Model):
             tf.where(is_target, target_embeddings, embeddings),
             [batch, NUM_TYPES * self.embedding_dim],
         )  # [e^-]_target (+) [phi_abar(x)]_remain, Eq. 4 fake term
-        target_classes = tf.where(tf.one_hot(target_index, NUM_TYPES) > 0.5,
-                                  target_class[:, None], classes)
-        return {"e_neg": e_neg, "e_own": e_own, "real_target": real_target,
-                "fake_target": fake_target, "target_classes": target_classes, "valid": valid}
+        target_classes = tf.where(
+            tf.one_hot(target_index, NUM_TYPES) > 0.5, target_class[:, None], classes
+        )
+        return {
+            "e_neg": e_neg,
+            "e_own": e_own,
+            "real_target": real_target,
+            "fake_target": fake_target,
+            "target_classes": target_classes,
+            "valid": valid,
+        }
 
     def _retrieval(self, x_fake, target_classes, valid):
         """Per-example multi-positive softmax loss against the bank, and the rows it applies to."""
@@ -666,7 +423,8 @@ class FeatureManipulator(keras.Model):
         target = tf.reduce_sum(target_classes * self._combination_strides()[None, :], axis=1)
         positive = tf.equal(bank_combination[None, :], target[:, None])  # [B, N]
         per_example = losses.retrieval_loss(
-            x_fake, bank_features, positive, self.retrieval_temperature, per_example=True)
+            x_fake, bank_features, positive, self.retrieval_temperature, per_example=True
+        )
         return per_example, tf.logical_and(valid, tf.reduce_any(positive, axis=1))
 
     def _step(self, data, training):
@@ -678,8 +436,7 @@ class FeatureManipulator(keras.Model):
         # Discriminator: Eq. 3 (D side) + Eq. 4 real term.
         with tf.GradientTape() as d_tape:
             # phi_a(x) is the source of both edits of x (computed once, in _pairs).
-            x_fake = tf.stop_gradient(
-                self.generate(features, p["e_neg"], target_index, p["e_own"]))
+            x_fake = tf.stop_gradient(self.generate(features, p["e_neg"], target_index, p["e_own"]))
             real_logits, f_real = self.discriminator(features)
             match_real = masked_mean(
                 losses.feature_matching_loss(
@@ -696,7 +453,8 @@ class FeatureManipulator(keras.Model):
             else:
                 adv_d = zero
             d_loss = check_finite(
-                self.adv_weight * adv_d + self.match_weight * match_real, "FeatureManipulator d_loss"
+                self.adv_weight * adv_d + self.match_weight * match_real,
+                "FeatureManipulator d_loss",
             )
             d_replica_loss = scaled_loss(d_loss)
         if training:
@@ -712,7 +470,9 @@ class FeatureManipulator(keras.Model):
             x_fake = self.generate(features, p["e_neg"], target_index, p["e_own"])  # G(x, e^-)
             fake_logits, f_fake = self.discriminator(x_fake)
             if self.adversarial:
-                adv_g = masked_mean(losses.generator_adversarial_loss_per_example(fake_logits), valid)
+                adv_g = masked_mean(
+                    losses.generator_adversarial_loss_per_example(fake_logits), valid
+                )
             else:
                 adv_g = zero
             match_fake = masked_mean(
@@ -727,21 +487,27 @@ class FeatureManipulator(keras.Model):
                 # only through D's learned copy f.
                 teacher = masked_mean(
                     losses.feature_matching_loss(
-                        self.embedder(x_fake), p["fake_target"], target_index, self.matching,
+                        self.embedder(x_fake),
+                        p["fake_target"],
+                        target_index,
+                        self.matching,
                         per_example=True,
                     ),
                     valid,
                 )
                 g_loss += self.teacher_weight * teacher
             x_rec = self.generate(x_fake, p["e_own"], target_index)  # G(G(x, e^-), phi_a(x))
-            cycle = masked_mean(losses.cycle_consistency_loss(features, x_rec, per_example=True),
-                                valid)
+            cycle = masked_mean(
+                losses.cycle_consistency_loss(features, x_rec, per_example=True), valid
+            )
             g_loss += self.cycle_weight * cycle
             retrieval = zero
             if self.retrieval_weight:
                 if self._bank is None:
-                    raise ValueError("retrieval_weight > 0 needs set_retrieval_bank(features, "
-                                     "labels) before training")
+                    raise ValueError(
+                        "retrieval_weight > 0 needs set_retrieval_bank(features, "
+                        "labels) before training"
+                    )
                 per_example, rows = self._retrieval(x_fake, p["target_classes"], valid)
                 retrieval = masked_mean(per_example, rows)
                 g_loss += self.retrieval_weight * retrieval
@@ -814,9 +580,36 @@ class FeatureManipulator(keras.Model):
         indices = [(attribute_index(a), class_index(a, v)) for a, v in pairs]  # validates all
         x = tf.convert_to_tensor(features, tf.float32)
         batch = tf.shape(x)[0]
-        for a, v in indices:
-            x = self.manipulate_indices(x, tf.fill([batch], a), tf.fill([batch], v))
-        return x
+        attribute_idx = tf.tile(tf.constant([[a for a, _ in indices]], tf.int32), [batch, 1])
+        value_idx = tf.tile(tf.constant([[v for _, v in indices]], tf.int32), [batch, 1])
+        return self.manipulate_sequence(
+            x, attribute_idx, value_idx, tf.ones_like(attribute_idx, tf.bool)
+        )
+
+    def manipulate_sequence(self, features, attribute_idx, value_idx, mask, max_edits=None):
+        """Several edits per row, applied one after another (graph friendly: the served
+        manipulator's signature calls this).
+
+        Args:
+            features: float32 [B, D].
+            attribute_idx, value_idx: int32 [B, E], edit i of each row in column i.
+            mask: bool [B, E], whether row b has an edit i; a row's edits come first (a row
+                without edit i keeps its feature through step i).
+            max_edits: E, when the tensors' second dimension is not static.
+
+        Returns:
+            float32 [B, D]; only as many edits run as the longest row needs.
+        """
+        feature = tf.convert_to_tensor(features, tf.float32)
+        steps = tf.reduce_max(tf.reduce_sum(tf.cast(mask, tf.int32), axis=1))  # empty batch: -inf
+        for i in range(max_edits or mask.shape[1]):
+
+            def edit(f=feature, i=i):
+                new = self.manipulate_indices(f, attribute_idx[:, i], value_idx[:, i])
+                return tf.where(mask[:, i : i + 1], tf.cast(new, tf.float32), f)
+
+            feature = tf.cond(i < steps, edit, lambda f=feature: tf.identity(f))
+        return feature
 
     # ------------------------------------------------------------------ serialization
 

@@ -1,13 +1,13 @@
 """A catalogue index on Milvus: gallery items added and removed without a new export.
 
-The `searcher` SavedModel holds the gallery as a graph constant, so one new catalogue item means a
+The `searcher` SavedModel holds the gallery inside the model, so one new catalogue item means a
 new export. `CatalogIndex` keeps the gallery in a Milvus collection instead (pymilvus'
 `MilvusClient`); the same code talks to
 
     Milvus Lite      a local file path ending in .db (the default, `DEFAULT_URI`): embedded, in this
                      process, for development and tests (`pip install -e '.[index]'`);
     a Milvus server  "http://host:19530" (standalone or cluster), for a catalogue that changes
-                     every day or outgrows the searcher's graph constant (about 1M items).
+                     every day or outgrows the searcher's in-model gallery (about 1M items).
 
     index = CatalogIndex.from_run("runs/default", uri="catalog.db")       # the run's gallery
     index = CatalogIndex.from_manifest("gallery.csv", flam_client)        # extracted over gRPC
@@ -16,37 +16,43 @@ new export. `CatalogIndex` keeps the gallery in a Milvus collection instead (pym
     ids, scores = index.search(query, k=10)     # ids str [B, k], cosine scores float32 [B, k]
 
 One collection holds one gallery: a VARCHAR primary key `id` (the gallery item's id: its image
-path, as the searcher's ids) and a FLOAT_VECTOR `feature` of unit vectors (normalised here, as the
-searcher's GalleryIndex does) under the COSINE metric, so scores are the searcher's cosine scores.
-Index types: FLAT (exact: its top-k is the searcher's), HNSW or IVF_FLAT (approximate; build and
-search parameters settable, defaults in INDEX_TYPES). A feature is only meaningful to the models
-of the export whose extractor made it: rebuild the collection when the extractor changes.
+path, as the searcher's ids) and a FLOAT_VECTOR `feature` of unit vectors (normalised here, as
+flam_tf.models.searcher.GalleryIndex does) under the COSINE metric, so scores are the searcher's
+cosine scores. Index types: FLAT (exact: its top-k is the searcher's), HNSW or IVF_FLAT
+(approximate; build and search parameters settable, defaults in INDEX_TYPES). A feature is only
+meaningful to the models of the export whose extractor made it: rebuild the collection when the
+extractor changes.
 
-`run_cli` is the command line behind `python -m serving.index`.
+The command line `python -m serving.index` is `index_cli.py`.
 """
 
 import contextlib
+import importlib
 import os
-import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from flam_tf.data import manifest as manifest_lib
+from flam_tf.serving import signatures as sig
+from flam_tf.serving.cli_io import read_files
+from flam_tf.serving.closing import Closing
 
 DEFAULT_URI = "catalog.db"
 DEFAULT_COLLECTION = "flam_catalog"
 ID_FIELD = "id"
 VECTOR_FIELD = "feature"
-MAX_ID_BYTES = 1024          # VARCHAR max_length of the primary key (UTF-8 bytes)
-METRICS = ("COSINE", "IP")   # on unit vectors both are the cosine
+MAX_ID_BYTES = 1024  # VARCHAR max_length of the primary key (UTF-8 bytes)
+METRICS = ("COSINE", "IP")  # on unit vectors both are the cosine
 # index type -> (default build params, default search params). HNSW's `ef` is raised to k when
-# smaller (Milvus requires ef >= k). benchmarks/index_bench.py measures their recall@50 against
-# exact search (BENCHMARKS.md): >= 0.99 at 100k structured 256-d features.
+# smaller (Milvus requires ef >= k). benchmarks/index_bench.py measures their recall against
+# exact search (BENCHMARKS.md).
 INDEX_TYPES: Dict[str, Tuple[Dict[str, int], Dict[str, int]]] = {
     "FLAT": ({}, {}),
     "HNSW": ({"M": 16, "efConstruction": 200}, {"ef": 512}),
     "IVF_FLAT": ({"nlist": 1024}, {"nprobe": 64}),
 }
-INSERT_BATCH = 8192          # rows per insert request (8192 x 1024 floats = 32 MiB < 64 MiB limit)
+INSERT_BATCH = 8192  # rows per insert request (8192 x 1024 floats = 32 MiB < 64 MiB limit)
 INSTALL_HINT = "pip install -e '.[index]'"
 
 
@@ -63,8 +69,9 @@ def _pymilvus():
     try:
         import pymilvus
     except ImportError as e:
-        raise MissingExtraError(f"The catalogue index needs pymilvus ({e}): "
-                                f"{INSTALL_HINT}") from None
+        raise MissingExtraError(
+            f"The catalogue index needs pymilvus ({e}): {INSTALL_HINT}"
+        ) from None
     return pymilvus
 
 
@@ -94,17 +101,19 @@ def connect(uri: str = DEFAULT_URI, token: str = "", timeout_s: Optional[float] 
     pymilvus = _pymilvus()
     if is_local(uri):
         try:
-            import milvus_lite  # noqa: F401
+            importlib.import_module("milvus_lite")  # Milvus Lite runs in this process
         except ImportError as e:
-            raise MissingExtraError(f"A local .db index needs milvus-lite ({e}): "
-                                    f"{INSTALL_HINT}") from None
+            raise MissingExtraError(
+                f"A local .db index needs milvus-lite ({e}): {INSTALL_HINT}"
+            ) from None
         folder = os.path.dirname(os.path.abspath(uri))
         if not os.path.isdir(folder):
-            raise CatalogIndexError(f"The folder of the index does not exist: {folder} "
-                                    f"(uri {uri})")
+            raise CatalogIndexError(f"The folder of the index does not exist: {folder} (uri {uri})")
     elif not uri.startswith(("http://", "https://", "tcp://", "unix:")):
-        raise CatalogIndexError(f"Index URI must be a local path ending in .db (Milvus Lite) or "
-                                f"http://host:19530 (a Milvus server). Received: {uri!r}")
+        raise CatalogIndexError(
+            f"Index URI must be a local path ending in .db (Milvus Lite) or "
+            f"http://host:19530 (a Milvus server). Received: {uri!r}"
+        )
     kwargs = {"timeout": timeout_s} if timeout_s else {}
     try:
         return pymilvus.MilvusClient(uri=uri, token=token, **kwargs)
@@ -138,8 +147,9 @@ def _id_list(ids, what: str = "ids") -> List[str]:
     out = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
     for i in out:
         if not i or len(i.encode()) > MAX_ID_BYTES:
-            raise CatalogIndexError(f"Each id must have 1 to {MAX_ID_BYTES} UTF-8 bytes. "
-                                    f"Received: {i[:60]!r}")
+            raise CatalogIndexError(
+                f"Each id must have 1 to {MAX_ID_BYTES} UTF-8 bytes. Received: {i[:60]!r}"
+            )
     unique, counts = np.unique(np.array(out, dtype=object).astype(str), return_counts=True)
     if np.any(counts > 1):
         raise CatalogIndexError(f"{what} repeat: {unique[counts > 1][:3].tolist()}")
@@ -151,7 +161,7 @@ def _listing(ids: Sequence[str], limit: int = 3) -> str:
     return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
-class CatalogIndex:
+class CatalogIndex(Closing):
     """A gallery in one Milvus collection: add, remove and search by cosine similarity.
 
     Opens an existing collection; `create`, `from_run` and `from_manifest` build one.
@@ -168,20 +178,29 @@ class CatalogIndex:
         MissingExtraError, CatalogIndexError: see `connect`; or no such collection.
     """
 
-    def __init__(self, uri: str = DEFAULT_URI, collection: str = DEFAULT_COLLECTION,
-                 search_params: Optional[Dict] = None, token: str = "",
-                 timeout_s: Optional[float] = None, _client=None):
+    def __init__(
+        self,
+        uri: str = DEFAULT_URI,
+        collection: str = DEFAULT_COLLECTION,
+        search_params: Optional[Dict] = None,
+        token: str = "",
+        timeout_s: Optional[float] = None,
+        _client=None,
+    ):
         self.uri, self.collection, self.timeout_s = uri, collection, timeout_s
         self._client = _client or connect(uri, token, timeout_s)
         with milvus_errors(f"Cannot open collection {collection!r} at {uri}"):
             if not self._client.has_collection(collection):
                 raise CatalogIndexError(
                     f"No collection {collection!r} at {uri}; build one with `python -m "
-                    f"serving.index build --uri {uri} --collection {collection} ...`")
+                    f"serving.index build --uri {uri} --collection {collection} ...`"
+                )
             fields = {f["name"]: f for f in self._client.describe_collection(collection)["fields"]}
             if VECTOR_FIELD not in fields or ID_FIELD not in fields:
-                raise CatalogIndexError(f"Collection {collection!r} at {uri} is not a catalogue "
-                                        f"index (no {ID_FIELD!r} and {VECTOR_FIELD!r} fields)")
+                raise CatalogIndexError(
+                    f"Collection {collection!r} at {uri} is not a catalogue "
+                    f"index (no {ID_FIELD!r} and {VECTOR_FIELD!r} fields)"
+                )
             self.dim = int(fields[VECTOR_FIELD]["params"]["dim"])
             described = self._client.describe_index(collection, VECTOR_FIELD) or {}
             self._client.load_collection(collection)
@@ -193,11 +212,21 @@ class CatalogIndex:
     # -- Building -----------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, ids, vectors, uri: str = DEFAULT_URI,
-               collection: str = DEFAULT_COLLECTION, index_type: str = "FLAT",
-               index_params: Optional[Dict] = None, search_params: Optional[Dict] = None,
-               metric: str = "COSINE", overwrite: bool = False, token: str = "",
-               timeout_s: Optional[float] = None, dim: Optional[int] = None) -> "CatalogIndex":
+    def create(
+        cls,
+        ids,
+        vectors,
+        uri: str = DEFAULT_URI,
+        collection: str = DEFAULT_COLLECTION,
+        index_type: str = "FLAT",
+        index_params: Optional[Dict] = None,
+        search_params: Optional[Dict] = None,
+        metric: str = "COSINE",
+        overwrite: bool = False,
+        token: str = "",
+        timeout_s: Optional[float] = None,
+        dim: Optional[int] = None,
+    ) -> "CatalogIndex":
         """Creates a collection holding `ids` and `vectors` [N, D] (N may be 0 when `dim` is
         given), builds its index and returns it opened.
 
@@ -217,11 +246,13 @@ class CatalogIndex:
         """
         index_type, metric = str(index_type).upper(), str(metric).upper()
         if index_type not in INDEX_TYPES:
-            raise CatalogIndexError(f"Unknown index type. Received: {index_type!r}; expected one "
-                                    f"of {list(INDEX_TYPES)}")
+            raise CatalogIndexError(
+                f"Unknown index type. Received: {index_type!r}; expected one of {list(INDEX_TYPES)}"
+            )
         if metric not in METRICS:
-            raise CatalogIndexError(f"Unknown metric. Received: {metric!r}; expected one of "
-                                    f"{list(METRICS)}")
+            raise CatalogIndexError(
+                f"Unknown metric. Received: {metric!r}; expected one of {list(METRICS)}"
+            )
         ids = _id_list(ids, "ids")
         vectors = np.asarray(vectors, np.float32)
         if len(ids) == 0 and dim is None:
@@ -238,12 +269,15 @@ class CatalogIndex:
         with milvus_errors(f"Cannot build collection {collection!r} at {uri}"):
             if client.has_collection(collection):
                 if not overwrite:
-                    raise CatalogIndexError(f"Collection {collection!r} exists already at {uri} "
-                                            f"(pass overwrite to replace it)")
+                    raise CatalogIndexError(
+                        f"Collection {collection!r} exists already at {uri} "
+                        f"(pass overwrite to replace it)"
+                    )
                 client.drop_collection(collection)
             schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
-            schema.add_field(ID_FIELD, pymilvus.DataType.VARCHAR, is_primary=True,
-                             max_length=MAX_ID_BYTES)
+            schema.add_field(
+                ID_FIELD, pymilvus.DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES
+            )
             schema.add_field(VECTOR_FIELD, pymilvus.DataType.FLOAT_VECTOR, dim=int(dim))
             client.create_collection(collection, schema=schema)
             _insert(client, collection, ids, vectors)
@@ -253,8 +287,12 @@ class CatalogIndex:
             build.update(index_params or {})
             # Build params nested under "params" (the ORM's wire form): a Milvus server reads
             # them as it reads the flat form; Milvus Lite 3.2 reads only this one.
-            params.add_index(field_name=VECTOR_FIELD, index_type=index_type, metric_type=metric,
-                             params={"params": build})
+            params.add_index(
+                field_name=VECTOR_FIELD,
+                index_type=index_type,
+                metric_type=metric,
+                params={"params": build},
+            )
             try:
                 client.create_index(collection, params)
             except pymilvus.MilvusException:
@@ -270,13 +308,15 @@ class CatalogIndex:
     def from_run(cls, run_dir: str, uri: str = DEFAULT_URI, **kwargs) -> "CatalogIndex":
         """`create` from a run's FAM gallery features (`features/fam_gallery.npz`, the gallery the
         searcher is exported with); ids are its image paths, as the searcher's."""
-        from flam_tf.serving import export  # TensorFlow: imported only for this
+        from flam_tf.serving import export  # imports TensorFlow: only when building from a run
+
         features, ids = export.gallery_from_npz(run_dir)
         return cls.create(ids, features, uri, **kwargs)
 
     @classmethod
-    def from_manifest(cls, manifest_path: str, client, uri: str = DEFAULT_URI,
-                      **kwargs) -> "CatalogIndex":
+    def from_manifest(
+        cls, manifest_path: str, client, uri: str = DEFAULT_URI, **kwargs
+    ) -> "CatalogIndex":
         """`create` from a gallery manifest's images, extracted by the served extractor.
 
         Args:
@@ -300,8 +340,9 @@ class CatalogIndex:
         found = set()
         with milvus_errors(f"Cannot look up ids in collection {self.collection!r}"):
             for start in range(0, len(ids), INSERT_BATCH):
-                rows = self._client.get(self.collection, ids=ids[start:start + INSERT_BATCH],
-                                        output_fields=[ID_FIELD])
+                rows = self._client.get(
+                    self.collection, ids=ids[start : start + INSERT_BATCH], output_fields=[ID_FIELD]
+                )
                 found.update(r[ID_FIELD] for r in rows)
         return [i for i in ids if i in found]
 
@@ -323,8 +364,10 @@ class CatalogIndex:
         if not replace:
             present = self.present(ids)
             if present:
-                raise CatalogIndexError(f"Already in collection {self.collection!r}: "
-                                        f"{_listing(present)} (remove them, or pass replace)")
+                raise CatalogIndexError(
+                    f"Already in collection {self.collection!r}: "
+                    f"{_listing(present)} (remove them, or pass replace)"
+                )
         with milvus_errors(f"Cannot add to collection {self.collection!r}"):
             _insert(self._client, self.collection, ids, vectors, upsert=replace)
         return len(ids)
@@ -341,15 +384,18 @@ class CatalogIndex:
         present = set(self.present(ids))
         missing = [i for i in ids if i not in present]
         if missing:
-            raise CatalogIndexError(f"Unknown id (not in collection {self.collection!r}): "
-                                    f"{_listing(missing)}; nothing removed")
+            raise CatalogIndexError(
+                f"Unknown id (not in collection {self.collection!r}): "
+                f"{_listing(missing)}; nothing removed"
+            )
         with milvus_errors(f"Cannot remove from collection {self.collection!r}"):
             for start in range(0, len(ids), INSERT_BATCH):
-                self._client.delete(self.collection, ids=ids[start:start + INSERT_BATCH])
+                self._client.delete(self.collection, ids=ids[start : start + INSERT_BATCH])
         return len(ids)
 
-    def search(self, queries, k: int = 10, search_params: Optional[Dict] = None
-               ) -> Tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries, k: int = 10, search_params: Optional[Dict] = None
+    ) -> Tuple[np.ndarray, np.ndarray]:
         """queries [B, D] -> (ids str [B, k'], cosine scores float32 [B, k']), best first.
 
         k' = min(k, items in the collection); a row an approximate index fills with fewer hits is
@@ -367,9 +413,13 @@ class CatalogIndex:
             params["ef"] = max(int(params["ef"]), k)
         with milvus_errors(f"Cannot search collection {self.collection!r}"):
             hits = self._client.search(
-                self.collection, data=queries, limit=k, anns_field=VECTOR_FIELD,
+                self.collection,
+                data=queries,
+                limit=k,
+                anns_field=VECTOR_FIELD,
                 output_fields=[ID_FIELD],
-                search_params={"metric_type": self.metric, "params": params})
+                search_params={"metric_type": self.metric, "params": params},
+            )
         width = min(k, max((len(h) for h in hits), default=0))
         ids = np.full((len(queries), width), "", dtype=object)
         scores = np.full((len(queries), width), np.nan, np.float32)
@@ -379,9 +429,15 @@ class CatalogIndex:
         return ids.astype(str), scores
 
     def info(self) -> Dict[str, object]:
-        return {"uri": self.uri, "collection": self.collection, "items": len(self),
-                "dim": self.dim, "index_type": self.index_type, "metric": self.metric,
-                "search_params": self.search_params}
+        return {
+            "uri": self.uri,
+            "collection": self.collection,
+            "items": len(self),
+            "dim": self.dim,
+            "index_type": self.index_type,
+            "metric": self.metric,
+            "search_params": self.search_params,
+        }
 
     def drop(self) -> None:
         """Deletes the collection (the index is unusable afterwards)."""
@@ -391,35 +447,32 @@ class CatalogIndex:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     def _check_width(self, vectors: np.ndarray, what: str) -> np.ndarray:
         if vectors.shape[1] != self.dim:
-            raise CatalogIndexError(f"{what} have width {vectors.shape[1]}; collection "
-                                    f"{self.collection!r} holds {self.dim}-d features")
+            raise CatalogIndexError(
+                f"{what} have width {vectors.shape[1]}; collection "
+                f"{self.collection!r} holds {self.dim}-d features"
+            )
         return vectors
 
 
-def _insert(client, collection: str, ids: Sequence[str], vectors: np.ndarray,
-            upsert: bool = False) -> None:
+def _insert(
+    client, collection: str, ids: Sequence[str], vectors: np.ndarray, upsert: bool = False
+) -> None:
     write = client.upsert if upsert else client.insert
     for start in range(0, len(ids), INSERT_BATCH):
-        rows = [{ID_FIELD: i, VECTOR_FIELD: v}
-                for i, v in zip(ids[start:start + INSERT_BATCH],
-                                vectors[start:start + INSERT_BATCH])]
+        rows = [
+            {ID_FIELD: i, VECTOR_FIELD: v}
+            for i, v in zip(
+                ids[start : start + INSERT_BATCH], vectors[start : start + INSERT_BATCH]
+            )
+        ]
         write(collection, rows)
 
 
 def extract_manifest(manifest_path: str, client) -> Tuple[np.ndarray, np.ndarray]:
     """(ids [N], features [N, D]) of a manifest's images, extracted by the served extractor in
     requests of at most sig.MAX_IMAGES_PER_REQUEST images, all on one model version."""
-    from flam_tf.data import manifest as manifest_lib
-    from flam_tf.serving import signatures as sig
-
     manifest = manifest_lib.read_manifest(manifest_path)
     if len(manifest) == 0:
         raise CatalogIndexError(f"The gallery manifest has no rows: {manifest_path}")
@@ -428,129 +481,9 @@ def extract_manifest(manifest_path: str, client) -> Tuple[np.ndarray, np.ndarray
     def extract(version):
         features = []
         for start in range(0, len(paths), step):
-            data = []
-            for path in paths[start:start + step]:
-                with open(path, "rb") as f:
-                    data.append(f.read())
-            features.append(client.extract(data, version=version))
+            features.append(
+                client.extract(read_files(paths[start : start + step]), version=version)
+            )
         return np.concatenate(features)
 
     return np.asarray(manifest["path"]).astype(str), client.call_consistent(extract)
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line (python -m serving.index).
-
-COMMANDS = ("build", "add", "remove", "search", "info")
-
-
-def run_cli(command: str, uri: str = DEFAULT_URI, collection: str = DEFAULT_COLLECTION,
-            run_dir: Optional[str] = None, gallery_manifest: Optional[str] = None,
-            server: str = "127.0.0.1:8500", ids: Sequence[str] = (), images: Sequence[str] = (),
-            feature_npy: Optional[str] = None, k: int = 10, index_type: str = "FLAT",
-            index_params: Optional[Dict] = None, search_params: Optional[Dict] = None,
-            metric: str = "COSINE", overwrite: bool = False, replace: bool = False,
-            token: str = "", timeout_s: float = 30.0, out=None) -> int:
-    """Runs one index command; prints results to `out` (stdout), errors as one line on stderr.
-
-    Commands:
-        build   a collection from --run_dir's gallery or --gallery_manifest (through --server's
-                extractor); --index_type, --index_params, --metric, --overwrite.
-        add     --id items with features from --image (through --server) or --feature_npy.
-        remove  --id items.
-        search  --feature_npy queries (for images and edits: python -m serving.client search
-                --index URI).
-        info    the collection's size, width and index.
-
-    Returns:
-        The exit code: 0, or 1 after printing the error.
-    """
-    out = out or sys.stdout
-    try:
-        if command not in COMMANDS:
-            raise CatalogIndexError(f"Unknown command. Received: {command!r}; expected one of "
-                                    f"{list(COMMANDS)}")
-        common = {"search_params": search_params, "token": token, "timeout_s": timeout_s}
-        if command == "build":
-            if bool(run_dir) == bool(gallery_manifest):
-                raise CatalogIndexError("build needs --run_dir or --gallery_manifest (one)")
-            build = dict(common, collection=collection, index_type=index_type,
-                         index_params=index_params, metric=metric, overwrite=overwrite)
-            if run_dir:
-                index = CatalogIndex.from_run(run_dir, uri, **build)
-            else:
-                with _flam_client(server, timeout_s) as client:
-                    index = CatalogIndex.from_manifest(gallery_manifest, client, uri, **build)
-            with index:
-                _print_info(index.info(), out)
-            return 0
-        with CatalogIndex(uri, collection, **common) as index:
-            if command == "info":
-                _print_info(index.info(), out)
-            elif command == "remove":
-                if not ids:
-                    raise CatalogIndexError("remove needs at least one --id")
-                print(f"removed {index.remove(ids)} item(s); {len(index)} in "
-                      f"{collection!r}", file=out)
-            elif command == "add":
-                features = _query_features(images, feature_npy, server, timeout_s)
-                if len(ids) != len(features):
-                    raise CatalogIndexError(f"add needs one --id per feature row or --image. "
-                                            f"Received {len(ids)} ids for {len(features)} rows")
-                print(f"added {index.add(ids, features, replace=replace)} item(s); "
-                      f"{len(index)} in {collection!r}", file=out)
-            else:
-                if images or not feature_npy:
-                    raise CatalogIndexError("search takes --feature_npy; for query images and "
-                                            "edits use: python -m serving.client search --index "
-                                            f"{uri} --image F [--set attribute=value]")
-                queries = _query_features((), feature_npy, server, timeout_s)
-                found, scores = index.search(queries, k)
-                print_results([f"row{i}" for i in range(len(queries))], found, scores, out)
-        return 0
-    except Exception as e:
-        if not isinstance(e, _reported_errors()):
-            raise
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
-
-
-def _reported_errors() -> tuple:
-    """The errors `run_cli` prints as one line: bad input, files, the serving client's."""
-    errors = (ValueError, OSError)  # CatalogIndexError and MissingExtraError are ValueErrors
-    if "flam_tf.serving.client" in sys.modules:  # imported when a command used the server
-        errors += (sys.modules["flam_tf.serving.client"].FlamServingError,)
-    return errors
-
-
-def print_results(names: Sequence[str], ids: np.ndarray, scores: np.ndarray, out) -> None:
-    """The search table of `python -m serving.client search` (query, rank, score, id)."""
-    print(f"{'query':<30} {'rank':>4}  {'score':>7}  id", file=out)
-    for i, name in enumerate(names):
-        for rank, (id_, score) in enumerate(zip(ids[i], scores[i]), 1):
-            print(f"{name:<30} {rank:>4}  {score:7.4f}  {id_}", file=out)
-
-
-def _print_info(info: Dict[str, object], out) -> None:
-    for key, value in info.items():
-        print(f"{key:<14} {value}", file=out)
-
-
-def _flam_client(server: str, timeout_s: float):
-    from flam_tf.serving.client import FlamClient
-    return FlamClient(server, timeout_s=timeout_s)
-
-
-def _query_features(images: Sequence[str], feature_npy: Optional[str], server: str,
-                    timeout_s: float) -> np.ndarray:
-    if bool(images) == bool(feature_npy):
-        raise CatalogIndexError("Give images (--image) or features (--feature_npy), not both")
-    if feature_npy:
-        features = np.load(feature_npy, allow_pickle=False).astype(np.float32)
-        return features[np.newaxis] if features.ndim == 1 else features
-    data = []
-    for path in images:
-        with open(path, "rb") as f:
-            data.append(f.read())
-    with _flam_client(server, timeout_s) as client:
-        return client.extract(data)

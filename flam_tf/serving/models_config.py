@@ -15,9 +15,9 @@ from tensorflow_serving.config import model_server_config_pb2
 PLATFORM = "tensorflow"
 
 
-def build_config(base_paths: Mapping[str, str],
-                 versions: Optional[Mapping[str, Sequence[int]]] = None
-                 ) -> model_server_config_pb2.ModelServerConfig:
+def build_config(
+    base_paths: Mapping[str, str], versions: Optional[Mapping[str, Sequence[int]]] = None
+) -> model_server_config_pb2.ModelServerConfig:
     """Builds a ModelServerConfig naming each model.
 
     Args:
@@ -31,14 +31,18 @@ def build_config(base_paths: Mapping[str, str],
     config = model_server_config_pb2.ModelServerConfig()
     for name, base_path in base_paths.items():
         entry = config.model_config_list.config.add(
-            name=name, base_path=base_path, model_platform=PLATFORM)
+            name=name, base_path=base_path, model_platform=PLATFORM
+        )
         if versions and versions.get(name):
             entry.model_version_policy.specific.versions.extend(int(v) for v in versions[name])
     return config
 
 
-def write_config(path: str, config: model_server_config_pb2.ModelServerConfig,
-                 before_replace: Optional[Callable[[], None]] = None) -> str:
+def write_config(
+    path: str,
+    config: model_server_config_pb2.ModelServerConfig,
+    before_replace: Optional[Callable[[], None]] = None,
+) -> str:
     """Writes `config` as text format to `path` atomically; returns `path`.
 
     The text goes to `<path>.tmp-<pid>` (flushed and fsync'ed), which then replaces `path`

@@ -8,18 +8,18 @@ MODEL_NAMES = (EXTRACTOR, MANIPULATOR, SEARCHER)
 
 # Signature names.
 SERVING_DEFAULT = "serving_default"
-FROM_PIXELS = "from_pixels"       # extractor: uint8 pixels of any size
-DESCRIBE = "describe"             # manipulator: predicted class name + score per attribute type
+FROM_PIXELS = "from_pixels"  # extractor: uint8 pixels of any size
+DESCRIBE = "describe"  # manipulator: predicted class name + score per attribute type
 
 # Tensor (input/output) names.
-IMAGE_BYTES = "image_bytes"       # DT_STRING [-1], JPEG or PNG
-IMAGES = "images"                 # DT_UINT8 [-1, -1, -1, 3]
-FEATURE = "feature"               # DT_FLOAT [-1, D]
-ATTRIBUTE = "attribute"           # DT_STRING [-1]
-VALUE = "value"                   # DT_STRING [-1]
-IDS = "ids"                       # DT_STRING [-1, K]
-SCORES = "scores"                 # DT_FLOAT [-1, K]
-SCORE_SUFFIX = "_score"           # describe: "<attribute>_score", DT_FLOAT [-1]
+IMAGE_BYTES = "image_bytes"  # DT_STRING [-1], JPEG or PNG
+IMAGES = "images"  # DT_UINT8 [-1, -1, -1, 3]
+FEATURE = "feature"  # DT_FLOAT [-1, D]
+ATTRIBUTE = "attribute"  # DT_STRING [-1]
+VALUE = "value"  # DT_STRING [-1]
+IDS = "ids"  # DT_STRING [-1, K]
+SCORES = "scores"  # DT_FLOAT [-1, K]
+SCORE_SUFFIX = "_score"  # describe: "<attribute>_score", DT_FLOAT [-1]
 
 DEFAULT_TOP_K = 100
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
@@ -39,5 +39,5 @@ MAX_EDITS = 3
 # to seconds of CPU; clients batch bigger galleries themselves. Features: 1024 rows of D floats
 # (4 MiB at D = 1024) are far above an interactive query batch, and bound the searcher's [B, N]
 # score matrix to 1024 x gallery size.
-MAX_IMAGES_PER_REQUEST = 64       # extractor: serving_default and from_pixels
-MAX_FEATURES_PER_REQUEST = 1024   # manipulator: serving_default and describe; searcher
+MAX_IMAGES_PER_REQUEST = 64  # extractor: serving_default and from_pixels
+MAX_FEATURES_PER_REQUEST = 1024  # manipulator: serving_default and describe; searcher

@@ -40,8 +40,9 @@ def class_table_options(source: str, path: str) -> dict:
     import json
 
     if source not in ("shopping100k", "darn"):
-        raise ValueError(f"A class table applies to shopping100k and darn only. Received: "
-                         f"source={source!r}")
+        raise ValueError(
+            f"A class table applies to shopping100k and darn only. Received: source={source!r}"
+        )
     if source == "shopping100k":
         from flam_tf.data.readers.shopping100k import load_code_table
 
@@ -51,14 +52,16 @@ def class_table_options(source: str, path: str) -> dict:
             table = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: line {e.lineno}: not valid JSON: {e.msg}") from None
-    if source == "darn" and not (isinstance(table, dict) and all(
-            isinstance(v, dict) for v in table.values())):
+    if source == "darn" and not (
+        isinstance(table, dict) and all(isinstance(v, dict) for v in table.values())
+    ):
         raise ValueError(f"{path}: expected {{type: {{class id: canonical class}}}}")
     return {"code_table": table} if source == "shopping100k" else {"class_table": table}
 
 
-def build_manifest(source: str, data_dir: str, out_path: str, warn_outside: bool = True,
-                   **options) -> ReadStats:
+def build_manifest(
+    source: str, data_dir: str, out_path: str, warn_outside: bool = True, **options
+) -> ReadStats:
     """Reads data set `source` from `data_dir` and writes its manifest to `out_path`.
 
     Args:
@@ -76,16 +79,29 @@ def build_manifest(source: str, data_dir: str, out_path: str, warn_outside: bool
         ValueError: an unknown source. The reader's FileNotFoundError / ManifestError pass through.
     """
     if source not in READERS:
-        raise ValueError(f"Unknown source. Received: source={source!r}; "
-                         f"expected one of {sorted(READERS)}")
+        raise ValueError(
+            f"Unknown source. Received: source={source!r}; expected one of {sorted(READERS)}"
+        )
     rows, stats = READERS[source](data_dir, **options)
     write_manifest(out_path, rows, extra_columns=("role",))
     out_dir = os.path.dirname(os.path.abspath(out_path))
     if warn_outside and out_dir != os.path.abspath(data_dir):
-        logging.warning("Manifest %s is outside %s; read it with read_manifest(path, root=%r)",
-                        out_path, data_dir, data_dir)
+        logging.warning(
+            "Manifest %s is outside %s; read it with read_manifest(path, root=%r)",
+            out_path,
+            data_dir,
+            data_dir,
+        )
     return stats
 
 
-__all__ = ["READERS", "ReadStats", "build_manifest", "class_table_options", "read_darn", "read_deepfashion_c2s",
-           "read_deepfashion_inshop", "read_shopping100k"]
+__all__ = [
+    "READERS",
+    "ReadStats",
+    "build_manifest",
+    "class_table_options",
+    "read_darn",
+    "read_deepfashion_c2s",
+    "read_deepfashion_inshop",
+    "read_shopping100k",
+]

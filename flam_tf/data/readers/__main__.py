@@ -20,14 +20,22 @@ flags.DEFINE_enum("source", None, sorted(readers.READERS), "Data set to read.")
 flags.DEFINE_string("data_dir", None, "The data set's directory, in its published layout.")
 flags.DEFINE_string("out", None, "manifest.csv to write (best inside --data_dir).")
 flags.DEFINE_integer("top_n", 10, "Attribute sets: classes kept per attribute type.")
-flags.DEFINE_integer("fam_eval_size", None, "Attribute sets: dense images in fam_eval "
-                     "(default 5000 DARN, 2000 Shopping100k; 0: no fam_eval). Too few densely "
-                     "labelled images for a fam_eval is an error.")
+flags.DEFINE_integer(
+    "fam_eval_size",
+    None,
+    "Attribute sets: dense images in fam_eval "
+    "(default 5000 DARN, 2000 Shopping100k; 0: no fam_eval). Too few densely "
+    "labelled images for a fam_eval is an error.",
+)
 flags.DEFINE_integer("seed", 0, "Attribute sets: seed of the fam_eval sample.")
 flags.DEFINE_bool("check_images", True, "Skip (and count) entries whose image file is missing.")
-flags.DEFINE_string("class_table", None, "JSON naming a source's class codes: shopping100k a "
-                    "code table in the format of flam_tf/data/readers/shopping100k_codes.json "
-                    "(merged over it); darn {type: {class id: canonical class}}.")
+flags.DEFINE_string(
+    "class_table",
+    None,
+    "JSON naming a source's class codes: shopping100k a "
+    "code table in the format of flam_tf/data/readers/shopping100k_codes.json "
+    "(merged over it); darn {type: {class id: canonical class}}.",
+)
 flags.DEFINE_bool("verbose", False, "On bad input, show the full traceback.")
 flags.mark_flags_as_required(["source", "data_dir", "out"])
 
@@ -41,8 +49,12 @@ def run() -> None:
     if FLAGS.source not in ATTRIBUTE_SOURCES:
         for name in ("top_n", "fam_eval_size", "seed"):
             if FLAGS[name].present:
-                logging.warning("--%s applies to %s only; ignored for %s", name,
-                                "/".join(ATTRIBUTE_SOURCES), FLAGS.source)
+                logging.warning(
+                    "--%s applies to %s only; ignored for %s",
+                    name,
+                    "/".join(ATTRIBUTE_SOURCES),
+                    FLAGS.source,
+                )
     else:
         options.update(top_n=FLAGS.top_n, seed=FLAGS.seed)
         if FLAGS.fam_eval_size is not None:
@@ -50,8 +62,10 @@ def run() -> None:
     if FLAGS.class_table:
         options.update(readers.class_table_options(FLAGS.source, FLAGS.class_table))
     stats = readers.build_manifest(FLAGS.source, FLAGS.data_dir, FLAGS.out, **options)
-    print(f"Wrote {sum(stats.rows_by_split.values())} rows to {FLAGS.out}: "
-          f"{stats.rows_by_split}; skipped {stats.skipped or 'nothing'}")
+    print(
+        f"Wrote {sum(stats.rows_by_split.values())} rows to {FLAGS.out}: "
+        f"{stats.rows_by_split}; skipped {stats.skipped or 'nothing'}"
+    )
     for attribute, mapping in stats.class_maps.items():
         print(f"{attribute} classes (source -> canonical): {mapping}")
     print("Summary:")
@@ -63,7 +77,10 @@ def main(argv):
     del argv
     try:
         run()
-    except (ValueError, OSError) as e:  # ManifestError is a ValueError; FileNotFoundError an OSError
+    except (
+        ValueError,
+        OSError,
+    ) as e:  # ManifestError is a ValueError; FileNotFoundError an OSError
         if FLAGS.verbose:
             raise
         message = " ".join(str(e).split("\n"))

@@ -34,7 +34,7 @@ from typing import Dict, List, Mapping, Optional
 import numpy as np
 
 from flam_tf.data.manifest import ManifestError
-from flam_tf.data.readers.darn import iter_lines, parse_ints
+from flam_tf.data.readers.annotation_files import iter_lines, parse_ints
 
 # ADDE attribute index of FLAM's attribute types. Shopping100k: category is attribute 0 (ADDE
 # README); color 2 and pattern 8 follow from the attributes in alphabetical order (category,
@@ -42,8 +42,14 @@ from flam_tf.data.readers.darn import iter_lines, parse_ints
 # which matches attr_num (gender, index 6, has 2 values). No public source orders DeepFashion's
 # attributes, so its indices must be given.
 ATTRIBUTE_INDEX = {"Shopping100k": {"shape": 0, "color": 2, "pattern": 8}}
-FILES = ("attr_num.txt", "imgs_test.txt", "labels_test.txt", "ref_test.txt", "indfull_test.txt",
-         "gt_test.txt")
+FILES = (
+    "attr_num.txt",
+    "imgs_test.txt",
+    "labels_test.txt",
+    "ref_test.txt",
+    "indfull_test.txt",
+    "gt_test.txt",
+)
 
 
 @dataclasses.dataclass
@@ -75,8 +81,9 @@ class AddeSplit:
     def query_counts(self) -> Dict[str, int]:
         """Queries per FLAM attribute type, "all_attributes" (every query) and "all" (the
         category/color/pattern queries FLAM scores)."""
-        counts = {t: int(np.sum(self.target_attribute == a))
-                  for t, a in self.attribute_index.items()}
+        counts = {
+            t: int(np.sum(self.target_attribute == a)) for t, a in self.attribute_index.items()
+        }
         counts["all"] = sum(counts.values())
         counts["all_attributes"] = int(len(self.ref))
         return counts
@@ -104,18 +111,21 @@ def _to_index_labels(rows_wheres, attr_num) -> np.ndarray:
     starts = np.concatenate([[0], np.cumsum(attr_num)[:-1]])
     out = np.full((len(rows), len(attr_num)), -1, dtype=np.int64)
     for a, (start, n) in enumerate(zip(starts, attr_num)):
-        block = onehot[:, start:start + n]
+        block = onehot[:, start : start + n]
         ones = block.sum(axis=1)
         if np.any(ones > 1):
             row = int(np.argmax(ones > 1))
-            raise ManifestError(f"{wheres[row]}: attribute {a} has {ones[row]} "
-                                "values set; a one-hot block holds at most one 1")
+            raise ManifestError(
+                f"{wheres[row]}: attribute {a} has {ones[row]} "
+                "values set; a one-hot block holds at most one 1"
+            )
         out[ones == 1, a] = np.argmax(block[ones == 1], axis=1)
     return out
 
 
-def read_adde_split(split_dir: str, attribute_index: Optional[Mapping[str, int]] = None
-                    ) -> AddeSplit:
+def read_adde_split(
+    split_dir: str, attribute_index: Optional[Mapping[str, int]] = None
+) -> AddeSplit:
     """Reads ADDE's test split files from `split_dir` (e.g. `splits/Shopping100k`).
 
     Args:
@@ -144,25 +154,30 @@ def read_adde_split(split_dir: str, attribute_index: Optional[Mapping[str, int]]
         if not 0 <= a < len(attr_num):
             raise ValueError(f"attribute_index[{name!r}] = {a} out of range 0..{len(attr_num) - 1}")
     images = [line for _, line in iter_lines(path["imgs_test.txt"])]
-    labels = _to_index_labels(_rows(path["labels_test.txt"], width, (0, 1), "one-hot labels"),
-                              attr_num)
+    labels = _to_index_labels(
+        _rows(path["labels_test.txt"], width, (0, 1), "one-hot labels"), attr_num
+    )
     if len(labels) != len(images):
-        raise ManifestError(f"{path['labels_test.txt']}: {len(labels)} label rows but "
-                            f"{len(images)} images in {path['imgs_test.txt']}")
+        raise ManifestError(
+            f"{path['labels_test.txt']}: {len(labels)} label rows but "
+            f"{len(images)} images in {path['imgs_test.txt']}"
+        )
     ref = []
     for where, line in iter_lines(path["ref_test.txt"]):
         ints = parse_ints(line, where, "reference image index")
         if len(ints) != 1 or not 0 <= ints[0] < len(images):
-            raise ManifestError(f"{where}: expected one image index in 0..{len(images) - 1}, "
-                                f"got {line!r}")
+            raise ManifestError(
+                f"{where}: expected one image index in 0..{len(images) - 1}, got {line!r}"
+            )
         ref.append(ints[0])
     ind_rows, ind_wheres = _rows(path["indfull_test.txt"], width, (-1, 0, 1), "indicator")
     ind = np.asarray(ind_rows, dtype=np.int8).reshape(-1, width)
     gt_rows = _rows(path["gt_test.txt"], width, (0, 1), "one-hot target labels")
     for name, count in (("indfull_test.txt", len(ind)), ("gt_test.txt", len(gt_rows[0]))):
         if count != len(ref):
-            raise ManifestError(f"{path[name]}: {count} queries but {len(ref)} in "
-                                f"{path['ref_test.txt']}")
+            raise ManifestError(
+                f"{path[name]}: {count} queries but {len(ref)} in {path['ref_test.txt']}"
+            )
     gt_labels = _to_index_labels(gt_rows, attr_num)
     block_of = np.repeat(np.arange(len(attr_num)), attr_num)
     starts = np.concatenate([[0], np.cumsum(attr_num)[:-1]])
@@ -171,12 +186,24 @@ def read_adde_split(split_dir: str, attribute_index: Optional[Mapping[str, int]]
     for q, row in enumerate(ind):
         plus, changed = np.flatnonzero(row == 1), np.flatnonzero(row)
         if len(plus) != 1 or np.any(block_of[changed] != block_of[plus[0]] if len(plus) else 1):
-            raise ManifestError(f"{ind_wheres[q]}: expected one +1 and "
-                                "changes within one attribute")
+            raise ManifestError(
+                f"{ind_wheres[q]}: expected one +1 and changes within one attribute"
+            )
         target_attribute[q] = block_of[plus[0]]
         target_value[q] = plus[0] - starts[target_attribute[q]]
         if gt_labels[q, target_attribute[q]] != target_value[q]:
-            raise ManifestError(f"{gt_rows[1][q]}: target value {target_value[q]} of attribute "
-                                f"{target_attribute[q]} (from {ind_wheres[q]}) is not set")
-    return AddeSplit(split_dir, attr_num, images, labels, np.asarray(ref, dtype=np.int64),
-                     target_attribute, target_value, gt_labels, dict(attribute_index))
+            raise ManifestError(
+                f"{gt_rows[1][q]}: target value {target_value[q]} of attribute "
+                f"{target_attribute[q]} (from {ind_wheres[q]}) is not set"
+            )
+    return AddeSplit(
+        split_dir,
+        attr_num,
+        images,
+        labels,
+        np.asarray(ref, dtype=np.int64),
+        target_attribute,
+        target_value,
+        gt_labels,
+        dict(attribute_index),
+    )

@@ -17,7 +17,7 @@ which this reader follows. Layout in `data_dir` (ASEN++'s `data/DARN`):
 
 Attributes are numbered in the order of `DARN.yaml` (`ATTRIBUTES`, value counts in
 `VALUE_COUNTS`); values are 0-based class ids. No public source names DARN's class ids, so a
-class is known by its id ("0", "1", ...) and `common.map_top_classes` maps the top-N ids of
+class is known by its id ("0", "1", ...) and `classes.map_top_classes` maps the top-N ids of
 category / color / pattern onto unused canonical classes (logged); pass `class_table`
 ({"color": {"3": "red"}}) to name them. Every image is its own instance (instance_id = its path);
 domain street. Labelled images of all three splits go to attribute_train, listed images without a
@@ -29,14 +29,23 @@ Files are read as UTF-8 with or without a BOM, LF or CRLF. Every malformed line 
 """
 
 import os
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Optional
 
 from flam_tf.data.manifest import ManifestError
-from flam_tf.data.readers import common
+from flam_tf.data.readers import annotation_files, classes, common
 
 # Maryeon/asenpp config/DARN/DARN.yaml (commit b443271): DATA.ATTRIBUTES.NAME and .NUM.
-ATTRIBUTES = ("clothes category", "clothes button", "clothes color", "clothes length",
-              "clothes pattern", "clothes shape", "collar shape", "sleeve length", "sleeve shape")
+ATTRIBUTES = (
+    "clothes category",
+    "clothes button",
+    "clothes color",
+    "clothes length",
+    "clothes pattern",
+    "clothes shape",
+    "collar shape",
+    "sleeve length",
+    "sleeve shape",
+)
 VALUE_COUNTS = (20, 13, 55, 7, 28, 11, 26, 8, 17)
 # Attribute index -> FLAM attribute type; the other six attributes are read and checked, not used.
 ATTRIBUTE_TYPES = {0: "shape", 2: "color", 4: "pattern"}
@@ -45,48 +54,32 @@ CLASS_TABLE: Dict[str, Dict[str, str]] = {}  # no published class names: ids map
 FAM_EVAL_SIZE = 5000
 
 
-def iter_lines(path: str) -> Iterator[Tuple[str, str]]:
-    """Yields (`"<path>: line <n>"`, the line stripped) for the non-blank lines of `path`.
-
-    UTF-8 with or without a BOM; LF or CRLF. Raises FileNotFoundError (missing file) or
-    ManifestError naming the line (not UTF-8).
-    """
-    with open(common.require_file(path), "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            where = f"{path}: line {number}"
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
-            except UnicodeDecodeError as e:
-                raise ManifestError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})")
-            if line:
-                yield where, line
-
-
-def parse_ints(line: str, where: str, layout: str) -> List[int]:
-    """The whitespace-separated integers of `line`; ManifestError at `where` otherwise."""
-    try:
-        return [int(x) for x in line.split()]
-    except ValueError:
-        raise ManifestError(f"{where}: expected integers ({layout}), got {line!r}") from None
-
-
-def check_label(index: int, attribute: int, value: int, num_images: int, where: str,
-                names_file: str) -> None:
+def check_label(
+    index: int, attribute: int, value: int, num_images: int, where: str, names_file: str
+) -> None:
     """Raises ManifestError at `where` for an image index, attribute or value out of range."""
     if not 0 <= index < num_images:
-        raise ManifestError(f"{where}: image index {index} is not a line of {names_file} "
-                            f"({num_images} images)")
+        raise ManifestError(
+            f"{where}: image index {index} is not a line of {names_file} ({num_images} images)"
+        )
     if not 0 <= attribute < len(ATTRIBUTES):
         raise ManifestError(f"{where}: attribute {attribute} out of range 0..{len(ATTRIBUTES) - 1}")
     if not 0 <= value < VALUE_COUNTS[attribute]:
-        raise ManifestError(f"{where}: value {value} of attribute {attribute} "
-                            f"({ATTRIBUTES[attribute]}) out of range "
-                            f"0..{VALUE_COUNTS[attribute] - 1}")
+        raise ManifestError(
+            f"{where}: value {value} of attribute {attribute} "
+            f"({ATTRIBUTES[attribute]}) out of range "
+            f"0..{VALUE_COUNTS[attribute] - 1}"
+        )
 
 
-def read_darn(data_dir: str, top_n: int = 10, fam_eval_size: int = FAM_EVAL_SIZE, seed: int = 0,
-              class_table: Optional[Dict[str, Dict[str, str]]] = None,
-              check_images: bool = True):
+def read_darn(
+    data_dir: str,
+    top_n: int = 10,
+    fam_eval_size: int = FAM_EVAL_SIZE,
+    seed: int = 0,
+    class_table: Optional[Dict[str, Dict[str, str]]] = None,
+    check_images: bool = True,
+):
     """Reads DARN in the ASEN / ASEN++ layout into manifest rows.
 
     Args:
@@ -109,7 +102,7 @@ def read_darn(data_dir: str, top_n: int = 10, fam_eval_size: int = FAM_EVAL_SIZE
         ValueError: a bad class table.
     """
     stats = common.ReadStats("darn")
-    table = common.resolve_class_table(CLASS_TABLE, class_table)
+    table = classes.resolve_class_table(CLASS_TABLE, class_table)
     paths, where_listed, labels = [], {}, {}  # labels: path -> {attribute: (value, where)}
 
     def add_label(names, index, attribute, value, where, names_file):
@@ -117,23 +110,28 @@ def read_darn(data_dir: str, top_n: int = 10, fam_eval_size: int = FAM_EVAL_SIZE
         path = names[index]
         known = labels.setdefault(path, {})
         if attribute in known and known[attribute][0] != value:
-            raise ManifestError(f"{where}: {path!r} gets value {value} of attribute {attribute} "
-                                f"({ATTRIBUTES[attribute]}), but {known[attribute][0]} at "
-                                f"{known[attribute][1]}")
+            raise ManifestError(
+                f"{where}: {path!r} gets value {value} of attribute {attribute} "
+                f"({ATTRIBUTES[attribute]}), but {known[attribute][0]} at "
+                f"{known[attribute][1]}"
+            )
         known.setdefault(attribute, (value, where))
 
     for split in SPLITS:
         names_file = os.path.join(data_dir, f"filenames_{split}.txt")
-        label_files = ([f"label_{split}.txt"] if split == "train"
-                       else [f"query_{split}.txt", f"candidate_{split}.txt"])
+        label_files = (
+            [f"label_{split}.txt"]
+            if split == "train"
+            else [f"query_{split}.txt", f"candidate_{split}.txt"]
+        )
         if split != "train" and not os.path.isfile(names_file):
             for name in label_files:
                 if os.path.isfile(os.path.join(data_dir, name)):
-                    common.require_file(names_file)  # FileNotFoundError naming it
+                    annotation_files.require_file(names_file)  # FileNotFoundError naming it
             continue
         names = []
-        for where, line in iter_lines(names_file):
-            path = common.safe_relpath(line, where)
+        for where, line in annotation_files.iter_lines(names_file):
+            path = annotation_files.safe_relpath(line, where)
             names.append(path)
             if path in where_listed:
                 stats.merged += 1
@@ -144,13 +142,15 @@ def read_darn(data_dir: str, top_n: int = 10, fam_eval_size: int = FAM_EVAL_SIZE
             file = os.path.join(data_dir, name)
             if split != "train" and not os.path.isfile(file):
                 continue
-            for where, line in iter_lines(file):
+            for where, line in annotation_files.iter_lines(file):
                 if split == "train":
                     layout = "<index> <attribute> <value> ..."
-                    ints = parse_ints(line, where, layout)
+                    ints = annotation_files.parse_ints(line, where, layout)
                     if len(ints) < 3 or len(ints) % 2 == 0:
-                        raise ManifestError(f"{where}: expected {layout} (an odd count of at "
-                                            f"least 3 integers), got {len(ints)}: {line!r}")
+                        raise ManifestError(
+                            f"{where}: expected {layout} (an odd count of at "
+                            f"least 3 integers), got {len(ints)}: {line!r}"
+                        )
                     attributes = ints[1::2]
                     if len(set(attributes)) != len(attributes):
                         raise ManifestError(f"{where}: an attribute appears twice: {line!r}")
@@ -158,18 +158,22 @@ def read_darn(data_dir: str, top_n: int = 10, fam_eval_size: int = FAM_EVAL_SIZE
                         add_label(names, ints[0], attribute, value, where, names_file)
                 else:
                     layout = "<index> <attribute> <value>"
-                    ints = parse_ints(line, where, layout)
+                    ints = annotation_files.parse_ints(line, where, layout)
                     if len(ints) != 3:
-                        raise ManifestError(f"{where}: expected 3 integers ({layout}), got "
-                                            f"{len(ints)}: {line!r}")
+                        raise ManifestError(
+                            f"{where}: expected 3 integers ({layout}), got {len(ints)}: {line!r}"
+                        )
                     add_label(names, *ints, where, names_file)
     records = []
     for path in paths:
         if check_images and not os.path.isfile(os.path.join(data_dir, path)):
             stats.skip("image file not found", where_listed[path])
             continue
-        source = {ATTRIBUTE_TYPES[a]: str(v) for a, (v, _) in labels.get(path, {}).items()
-                  if a in ATTRIBUTE_TYPES}
+        source = {
+            ATTRIBUTE_TYPES[a]: str(v)
+            for a, (v, _) in labels.get(path, {}).items()
+            if a in ATTRIBUTE_TYPES
+        }
         records.append((path, path, source))
     rows = common.label_attribute_rows(records, stats, "street", top_n, table, fam_eval_size, seed)
     stats.finish(rows)

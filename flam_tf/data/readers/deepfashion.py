@@ -22,7 +22,7 @@ import os
 from typing import Iterator, List, Tuple
 
 from flam_tf.data.manifest import ManifestError
-from flam_tf.data.readers import common
+from flam_tf.data.readers import annotation_files, common
 
 INSHOP_STATUS = {  # status word -> (split, role)
     "train": ("extractor_train", ""),
@@ -63,20 +63,26 @@ def image_root(data_dir: str) -> str:
 
 def image_hint(data_dir: str) -> str:
     """The places an `img/...` path is looked up, for the "no images read" error."""
-    return ("Looked for the listed img/... paths under " + " and ".join(
-        os.path.join(data_dir, r, "img") + "/" if r else os.path.join(data_dir, "img") + "/"
-        for r in IMAGE_ROOTS) + " (unzip Img/img.zip in place).")
+    return (
+        "Looked for the listed img/... paths under "
+        + " and ".join(
+            os.path.join(data_dir, r, "img") + "/" if r else os.path.join(data_dir, "img") + "/"
+            for r in IMAGE_ROOTS
+        )
+        + " (unzip Img/img.zip in place)."
+    )
 
 
-def read_partition(path: str, num_fields: int, layout: str,
-                   statuses) -> Iterator[Tuple[str, List[str]]]:
+def read_partition(
+    path: str, num_fields: int, layout: str, statuses
+) -> Iterator[Tuple[str, List[str]]]:
     """Yields (where, fields) of the entries of a DeepFashion list file, checked.
 
     Raises:
         ManifestError: a bad count line, a wrong field count, an unknown status word, or an entry
             count that differs from the count line (a truncated file).
     """
-    lines = common.iter_lines(path)
+    lines = annotation_files.iter_lines(path)
     where, first = next(lines, (f"{path}: line 1", ""))
     if not first.isdigit():
         raise ManifestError(f"{where}: expected the number of entries, got {first!r}")
@@ -84,10 +90,12 @@ def read_partition(path: str, num_fields: int, layout: str,
     entries = 0
     for where, line in lines:
         fields = line.split()
-        common.expect_fields(fields, num_fields, where, layout)
+        annotation_files.expect_fields(fields, num_fields, where, layout)
         if fields[-1] not in statuses:
-            raise ManifestError(f"{where}: unknown evaluation status {fields[-1]!r}; expected one "
-                                f"of {list(statuses)}")
+            raise ManifestError(
+                f"{where}: unknown evaluation status {fields[-1]!r}; expected one "
+                f"of {list(statuses)}"
+            )
         entries += 1
         yield where, fields
     if entries != int(first):
@@ -96,7 +104,7 @@ def read_partition(path: str, num_fields: int, layout: str,
 
 def image_path(root: str, image: str, where: str) -> str:
     """The manifest path (relative to data_dir) of `image` from the partition file."""
-    return common.safe_relpath(image, where, base=root)
+    return annotation_files.safe_relpath(image, where, base=root)
 
 
 def read_deepfashion_inshop(data_dir: str, check_images: bool = True):
@@ -118,11 +126,13 @@ def read_deepfashion_inshop(data_dir: str, check_images: bool = True):
     rows = common.RowSet(data_dir, stats, check_images)
     layout = "<image> <item_id> <train|query|gallery>"
     root = image_root(data_dir)
-    for where, (image, item_id, status) in read_partition(partition_file(data_dir), 3, layout,
-                                                          INSHOP_STATUS):
+    for where, (image, item_id, status) in read_partition(
+        partition_file(data_dir), 3, layout, INSHOP_STATUS
+    ):
         split, role = INSHOP_STATUS[status]
-        rows.add(common.make_row(image_path(root, image, where), item_id, "shop", split, role),
-                 where)
+        rows.add(
+            common.make_row(image_path(root, image, where), item_id, "shop", split, role), where
+        )
     stats.hint = image_hint(data_dir)
     out = list(rows.rows.values())
     common.check_instances_disjoint(out, stats.source)
@@ -152,12 +162,18 @@ def read_deepfashion_c2s(data_dir: str, check_images: bool = True):
     layout = "<consumer image> <shop image> <item_id> <train|val|test>"
     root = image_root(data_dir)
     for where, (consumer, shop, item_id, status) in read_partition(
-            partition_file(data_dir), 4, layout, C2S_STATUS):
+        partition_file(data_dir), 4, layout, C2S_STATUS
+    ):
         split, consumer_role, shop_role = C2S_STATUS[status]
-        rows.add(common.make_row(image_path(root, consumer, where), item_id, "street", split,
-                                 consumer_role), where)
-        rows.add(common.make_row(image_path(root, shop, where), item_id, "shop", split,
-                                 shop_role), where)
+        rows.add(
+            common.make_row(
+                image_path(root, consumer, where), item_id, "street", split, consumer_role
+            ),
+            where,
+        )
+        rows.add(
+            common.make_row(image_path(root, shop, where), item_id, "shop", split, shop_role), where
+        )
     stats.hint = image_hint(data_dir)
     out = list(rows.rows.values())
     common.check_instances_disjoint(out, stats.source)

@@ -34,39 +34,72 @@ from typing import Dict, Mapping, Optional
 from absl import logging
 
 from flam_tf.data.manifest import ManifestError
-from flam_tf.data.readers import common
+from flam_tf.data.readers import annotation_files, classes, common
 
 # Source attribute file (stem) -> attribute type; None = a Shopping100k field FLAM ignores. Files
 # under Attributes/ that are not mapped to a type are not read.
 FIELD_MAP = {
-    "category": "shape", "color": "color", "pattern": "pattern",
-    "collar": None, "fabric": None, "fastening": None, "fit": None, "gender": None,
-    "neckline": None, "pocket": None, "sleevelen": None, "sport": None,
+    "category": "shape",
+    "color": "color",
+    "pattern": "pattern",
+    "collar": None,
+    "fabric": None,
+    "fastening": None,
+    "fit": None,
+    "gender": None,
+    "neckline": None,
+    "pocket": None,
+    "sleevelen": None,
+    "sport": None,
 }
 
 # Source class name -> canonical class where the normalized names differ. Only unambiguous
 # renamings (plurals, spellings); a name with no entry and no same-named canonical class becomes
 # a missing label.
 CLASS_TABLE = {
-    "shape": {"tshirts": "t-shirt", "tees": "t-shirt", "shirts": "shirt", "sweaters": "sweater",
-              "jumper": "sweater", "jumpers": "sweater", "hoody": "hoodie", "hoodies": "hoodie",
-              "dresses": "dress", "skirts": "skirt", "jeans": "trousers", "pants": "trousers",
-              "jackets": "jacket", "coats": "coat"},
+    "shape": {
+        "tshirts": "t-shirt",
+        "tees": "t-shirt",
+        "shirts": "shirt",
+        "sweaters": "sweater",
+        "jumper": "sweater",
+        "jumpers": "sweater",
+        "hoody": "hoodie",
+        "hoodies": "hoodie",
+        "dresses": "dress",
+        "skirts": "skirt",
+        "jeans": "trousers",
+        "pants": "trousers",
+        "jackets": "jacket",
+        "coats": "coat",
+    },
     "color": {"gray": "grey", "navyblue": "navy"},
-    "pattern": {"plain": "solid", "stripe": "striped", "stripes": "striped", "check": "checked",
-                "checks": "checked", "plaid": "checked", "dot": "dotted", "dots": "dotted",
-                "polkadot": "dotted", "flower": "floral", "camo": "camouflage",
-                "colourblock": "colorblock"},
+    "pattern": {
+        "plain": "solid",
+        "stripe": "striped",
+        "stripes": "striped",
+        "check": "checked",
+        "checks": "checked",
+        "plaid": "checked",
+        "dot": "dotted",
+        "dots": "dotted",
+        "polkadot": "dotted",
+        "flower": "floral",
+        "camo": "camouflage",
+        "colourblock": "colorblock",
+    },
 }
-CODE_TABLE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                               "shopping100k_codes.json")
+CODE_TABLE_FILE = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "shopping100k_codes.json"
+)
 FAM_EVAL_SIZE = 2000
 MISSING_CODE = -1
 CATEGORY_FOLDER = re.compile(r"^\d+_(.+)$")
 EMPTY_FAM_EVAL_HINT = (  # the codes have no published names (see CODE_TABLE_FILE)
     "Name the color and pattern codes with a class table like "
     "flam_tf/data/readers/shopping100k_codes.json (flam_tf.train --data_class_table FILE, "
-    "flam_tf.data.readers --class_table FILE), or use flam_tf.data.readers --fam_eval_size 0")
+    "flam_tf.data.readers --class_table FILE), or use flam_tf.data.readers --fam_eval_size 0"
+)
 
 
 def load_code_table(path: str) -> Dict[str, dict]:
@@ -77,7 +110,7 @@ def load_code_table(path: str) -> Dict[str, dict]:
         ValueError: not JSON, or not that shape (the message names the file).
     """
     try:
-        with open(common.require_file(path), encoding="utf-8-sig") as f:
+        with open(annotation_files.require_file(path), encoding="utf-8-sig") as f:
             table = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: line {e.lineno}: not JSON ({e.msg})") from None
@@ -88,22 +121,29 @@ def check_code_table(table, where: str) -> Dict[str, dict]:
     """Validates a code table (see `load_code_table`) and returns its "fields" with int codes."""
     fields = table.get("fields") if isinstance(table, dict) else None
     if not isinstance(fields, dict):
-        raise ValueError(f"{where}: expected a JSON object with a \"fields\" object "
-                         "({field: {\"num_values\": n, \"codes\": {code: name}}})")
+        raise ValueError(
+            f'{where}: expected a JSON object with a "fields" object '
+            '({field: {"num_values": n, "codes": {code: name}}})'
+        )
     out = {}
     for field, spec in fields.items():
         if not isinstance(spec, dict) or not isinstance(spec.get("codes", {}), dict):
-            raise ValueError(f"{where}: field {field!r}: expected {{\"num_values\": n, "
-                             "\"codes\": {code: name}}")
+            raise ValueError(
+                f'{where}: field {field!r}: expected {{"num_values": n, "codes": {{code: name}}}}'
+            )
         num_values = spec.get("num_values")
         if num_values is not None and (not isinstance(num_values, int) or num_values < 1):
-            raise ValueError(f"{where}: field {field!r}: num_values must be a positive integer "
-                             f"or null. Received: {num_values!r}")
+            raise ValueError(
+                f"{where}: field {field!r}: num_values must be a positive integer "
+                f"or null. Received: {num_values!r}"
+            )
         codes = {}
         for code, name in spec.get("codes", {}).items():
             if not re.fullmatch(r"\d+", str(code)) or not isinstance(name, str) or not name:
-                raise ValueError(f"{where}: field {field!r}: expected code \"<integer >= 0>\": "
-                                 f"\"<name>\". Received: {code!r}: {name!r}")
+                raise ValueError(
+                    f'{where}: field {field!r}: expected code "<integer >= 0>": '
+                    f'"<name>". Received: {code!r}: {name!r}'
+                )
             codes[int(code)] = name
         out[field] = {"num_values": num_values, "codes": codes}
     return out
@@ -111,8 +151,9 @@ def check_code_table(table, where: str) -> Dict[str, dict]:
 
 def merge_code_tables(default: Mapping[str, dict], override: Optional[Mapping]) -> Dict[str, dict]:
     """Merges a code table (`{"fields": ...}` as in the file) over the default, per field."""
-    merged = {f: {"num_values": s["num_values"], "codes": dict(s["codes"])}
-              for f, s in default.items()}
+    merged = {
+        f: {"num_values": s["num_values"], "codes": dict(s["codes"])} for f, s in default.items()
+    }
     if override:
         for field, spec in check_code_table(override, "code_table").items():
             target = merged.setdefault(field, {"num_values": None, "codes": {}})
@@ -129,8 +170,10 @@ def parse_code(token: str, field: str, where: str) -> int:
     except ValueError:
         code = None
     if code is None or code < MISSING_CODE:
-        raise ManifestError(f"{where}: {field} code {token!r} is not a value code (expected an "
-                            f"integer >= 0, or {MISSING_CODE} = missing)")
+        raise ManifestError(
+            f"{where}: {field} code {token!r} is not a value code (expected an "
+            f"integer >= 0, or {MISSING_CODE} = missing)"
+        )
     return code
 
 
@@ -144,9 +187,16 @@ def category_from_folder(path: str) -> Optional[str]:
     return None
 
 
-def read_shopping100k(data_dir: str, top_n: int = 10, fam_eval_size: int = FAM_EVAL_SIZE,
-                      seed: int = 0, field_map=None, class_table=None, code_table=None,
-                      check_images: bool = True):
+def read_shopping100k(
+    data_dir: str,
+    top_n: int = 10,
+    fam_eval_size: int = FAM_EVAL_SIZE,
+    seed: int = 0,
+    field_map=None,
+    class_table=None,
+    code_table=None,
+    check_images: bool = True,
+):
     """Reads Shopping100k into manifest rows.
 
     Args:
@@ -173,15 +223,20 @@ def read_shopping100k(data_dir: str, top_n: int = 10, fam_eval_size: int = FAM_E
         ValueError: a bad field map, class table or code table.
     """
     stats = common.ReadStats("shopping100k")
-    fields = common.resolve_field_map(FIELD_MAP, field_map)
-    table = common.resolve_class_table(CLASS_TABLE, class_table)
+    fields = classes.resolve_field_map(FIELD_MAP, field_map)
+    table = classes.resolve_class_table(CLASS_TABLE, class_table)
     codes = merge_code_tables(load_code_table(CODE_TABLE_FILE), code_table)
     attribute_dir = os.path.join(data_dir, "Attributes")
     if not os.path.isdir(attribute_dir):
-        raise FileNotFoundError(f"Data set directory not found: {attribute_dir} (expected "
-                                "Attributes/<field>.txt and Images/ under data_dir)")
-    unused = sorted(n for n in os.listdir(attribute_dir)
-                    if n.endswith(".txt") and fields.get(os.path.splitext(n)[0]) is None)
+        raise FileNotFoundError(
+            f"Data set directory not found: {attribute_dir} (expected "
+            "Attributes/<field>.txt and Images/ under data_dir)"
+        )
+    unused = sorted(
+        n
+        for n in os.listdir(attribute_dir)
+        if n.endswith(".txt") and fields.get(os.path.splitext(n)[0]) is None
+    )
     if unused:
         logging.info("shopping100k: not used: %s", ", ".join(unused))
     labels: Dict[str, Dict[str, str]] = {}  # path -> {type: source name}
@@ -191,19 +246,20 @@ def read_shopping100k(data_dir: str, top_n: int = 10, fam_eval_size: int = FAM_E
             continue
         path_of_field = os.path.join(attribute_dir, field + ".txt")
         if field == "category" and attribute == "shape" and not os.path.isfile(path_of_field):
-            logging.info("shopping100k: %s absent; category taken from the folder names",
-                         path_of_field)
+            logging.info(
+                "shopping100k: %s absent; category taken from the folder names", path_of_field
+            )
             continue
         spec = codes.get(field, {"num_values": None, "codes": {}})
         seen = set()
-        for where, line in common.iter_lines(path_of_field):
+        for where, line in annotation_files.iter_lines(path_of_field):
             parts = line.rsplit(None, 1)
-            common.expect_fields(parts, 2, where, "<relpath> <code>")
+            annotation_files.expect_fields(parts, 2, where, "<relpath> <code>")
             relpath, token = parts
             if relpath.replace("\\", "/").startswith("Images/"):
-                path = common.safe_relpath(relpath, where)
+                path = annotation_files.safe_relpath(relpath, where)
             else:
-                path = common.safe_relpath(relpath, where, base="Images")
+                path = annotation_files.safe_relpath(relpath, where, base="Images")
             code = parse_code(token, field, where)
             image_labels = labels.setdefault(path, {})
             first_seen.setdefault(path, where)
@@ -214,8 +270,9 @@ def read_shopping100k(data_dir: str, top_n: int = 10, fam_eval_size: int = FAM_E
             if code == MISSING_CODE:
                 continue
             if spec["num_values"] is not None and code >= spec["num_values"]:
-                stats.missing_label(f"{field} code out of range (the field has "
-                                    f"{spec['num_values']} values)", where)
+                stats.missing_label(
+                    f"{field} code out of range (the field has {spec['num_values']} values)", where
+                )
             elif code in spec["codes"]:
                 image_labels[attribute] = spec["codes"][code]
             elif not (attribute == "shape" and category_from_folder(path)):
@@ -231,15 +288,26 @@ def read_shopping100k(data_dir: str, top_n: int = 10, fam_eval_size: int = FAM_E
             if folder:
                 image_labels["shape"] = folder
                 from_folder += 1
-        instance_id = os.path.splitext(path[len("Images/"):] if path.startswith("Images/")
-                                       else path)[0]
+        instance_id = os.path.splitext(
+            path[len("Images/") :] if path.startswith("Images/") else path
+        )[0]
         records.append((path, instance_id, image_labels))
     if from_folder:
-        logging.info("shopping100k: category of %d images taken from the folder name",
-                     from_folder)
-    stats.hint = (f"Looked for the images listed in {attribute_dir}/*.txt under "
-                  f"{os.path.join(data_dir, 'Images')}/.")
-    rows = common.label_attribute_rows(records, stats, "shop", top_n, table, fam_eval_size, seed,
-                                       fallback=False, empty_fam_eval_hint=EMPTY_FAM_EVAL_HINT)
+        logging.info("shopping100k: category of %d images taken from the folder name", from_folder)
+    stats.hint = (
+        f"Looked for the images listed in {attribute_dir}/*.txt under "
+        f"{os.path.join(data_dir, 'Images')}/."
+    )
+    rows = common.label_attribute_rows(
+        records,
+        stats,
+        "shop",
+        top_n,
+        table,
+        fam_eval_size,
+        seed,
+        fallback=False,
+        empty_fam_eval_hint=EMPTY_FAM_EVAL_HINT,
+    )
     stats.finish(rows)
     return rows, stats
