@@ -24,7 +24,7 @@ setup(
     name="flam_tf",
     version="0.1.0",
     description="Feature-level attribute manipulation (FLAM) for fashion image retrieval, "
-                "in TensorFlow/Keras 3, with TF Serving export.",
+    "in TensorFlow/Keras 3, with TF Serving export.",
     packages=find_packages(include=["flam_tf", "flam_tf.*"]),
     # The Shopping100k code table the reader loads at run time (flam_tf/data/readers/).
     package_data={"flam_tf.data.readers": ["shopping100k_codes.json"]},
@@ -32,6 +32,9 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": ["pytest>=8"],
+        # What CI runs before the tests: lint and format (ruff), and the layers contract
+        # (import-linter); both read their settings from pyproject.toml.
+        "lint": ["ruff==0.17.6", "import-linter==2.17"],
         "plot": ["matplotlib>=3.8"],
         "gpu": ["tensorflow[and-cuda]==2.21.0"],
         "bench": ["faiss-cpu"],
