@@ -7,7 +7,7 @@ import keras
 import numpy as np
 
 from flam_tf import config as config_lib
-from flam_tf import distribute, feature_store, methods
+from flam_tf import feature_store, methods
 from flam_tf.data import pipeline
 from flam_tf.models import ClsConcat, EmbConcat, PixelConcat
 from flam_tf.stages.context import Context
@@ -81,16 +81,7 @@ def _train_pixel_baseline(ctx: Context, name: str, stem: str) -> float:
                 keras.optimizers.schedules.CosineDecay(e.learning_rate, total, alpha=0.05)
             )
         )
-    callbacks = ctx.callbacks(stem)
-    history = distribute.fit(
-        model,
-        ds,
-        epochs=c.pixel_epochs,
-        steps_per_epoch=c.pixel_steps_per_epoch,
-        callbacks=callbacks,
-        verbose=2,
-    )
-    metrics = ctx.save_history(stem, history, callbacks)
+    metrics = ctx.fit(stem, model, ds, c.pixel_epochs, c.pixel_steps_per_epoch)
     # Encoder features of the images the evaluation needs (zeros elsewhere), then prototypes.
     needed = np.isin(m["split"], ("attribute_train", "fam_eval", "fir_eval"))
     encoded = np.zeros((len(m), e.feature_dim), np.float32)

@@ -109,6 +109,22 @@ class Context:
         write_json(self.output_path(self.run.path("logs", f"{name}_history.json")), merged)
         return merged
 
+    def fit(
+        self, name: str, model: keras.Model, dataset, epochs: int, steps_per_epoch: int
+    ) -> Dict[str, List[float]]:
+        """Trains the compiled `model` (the model `name`) on `dataset` with this context's
+        callbacks, resuming from its epoch backups; returns the metrics of the whole fit."""
+        callbacks = self.callbacks(name)
+        history = distribute.fit(
+            model,
+            dataset,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
+            verbose=2,
+        )
+        return self.save_history(name, history, callbacks)
+
 
 def save_model_atomically(model: keras.Model, path: str) -> None:
     """model.save, atomic: a kill while it writes leaves no file at `path` (a partial .keras

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from flam_tf import distribute, feature_store, vocabulary
+from flam_tf import feature_store, vocabulary
 from flam_tf.data import pipeline
 from flam_tf.models import FeatureExtractor
 from flam_tf.stages.context import Context
@@ -79,16 +79,7 @@ def stage_extractor(ctx: Context) -> Dict[str, float]:
         total = c.epochs * c.steps_per_epoch
         schedule = keras.optimizers.schedules.CosineDecay(c.learning_rate, total, alpha=0.05)
         model.compile(optimizer=keras.optimizers.Adam(schedule))
-    callbacks = ctx.callbacks("extractor")
-    history = distribute.fit(
-        model,
-        ds,
-        epochs=c.epochs,
-        steps_per_epoch=c.steps_per_epoch,
-        callbacks=callbacks,
-        verbose=2,
-    )
-    metrics = ctx.save_history("extractor", history, callbacks)
+    metrics = ctx.fit("extractor", model, ds, c.epochs, c.steps_per_epoch)
     ctx.save_model(model, ctx.run.model_path("extractor"))
     return {k: v[-1] for k, v in metrics.items() if v}
 

@@ -6,7 +6,6 @@ from typing import Dict, List
 import keras
 import tensorflow as tf
 
-from flam_tf import distribute
 from flam_tf.stages.context import Context
 
 
@@ -72,8 +71,4 @@ def fit_on_features(
         resume_epoch=ctx.resume_epoch(name),
         min_steps=ctx.config.runtime.min_steps_per_epoch,
     )
-    callbacks = ctx.callbacks(name)
-    history = distribute.fit(
-        model, ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=2
-    )
-    return ctx.save_history(name, history, callbacks)
+    return ctx.fit(name, model, ds, epochs, steps)
