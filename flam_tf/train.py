@@ -26,6 +26,7 @@ is a bug: its traceback, then `flam_tf.train: internal error: ...`, exit code 1.
 """
 
 import json
+import logging
 import os
 import re
 import sys
@@ -120,7 +121,7 @@ class _OwnInfoOnly:
     _OWN = os.sep + "flam_tf" + os.sep
 
     def filter(self, record) -> bool:
-        return record.levelno >= 30 or self._OWN in record.pathname  # 30: logging.WARNING
+        return record.levelno >= logging.WARNING or self._OWN in record.pathname
 
 
 def quiet_library_logs() -> None:
@@ -210,8 +211,6 @@ def _run_cluster_task(
     _IN_CLUSTER = True
     import_tensorflow_quietly()
     # TF logs one INFO line per eager all-reduce (every metric read, every save): keep it quiet.
-    import logging
-
     from flam_tf import distribute, driver, stages  # TensorFlow: only after the checks above
 
     class _QuietCollectives(logging.Filter):
