@@ -137,7 +137,13 @@ def test_top_k_counts_hits_on_all_attributes_as_adde(tmp_path):
         return np.stack(out)
 
     scores = adde_top_k_accuracy(split, gallery, oracle, ks=(1, 2, 30))
-    assert scores["shape"] == {"T@1": 1.0, "T@2": 1.0, "T@30": 1.0, "num_queries": 1}
+    assert scores["shape"] == {
+        "T@1": 1.0,
+        "T@2": 1.0,
+        "T@30": 1.0,
+        "num_queries": 1,
+        "num_unmapped": 0,
+    }
     assert scores["color"]["T@1"] == 0.5 and scores["color"]["T@2"] == 1.0
     assert scores["all"]["T@1"] == 0.75 and scores["all"]["num_queries"] == 4
 

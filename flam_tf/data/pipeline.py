@@ -12,7 +12,7 @@ model, so the exported SavedModel and training see the same numbers.
   pipelines above gather pixels instead of re-reading and re-decoding files every epoch.
 """
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -222,8 +222,17 @@ def image_dataset(
     max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> tf.data.Dataset:
     """Batches of images of every manifest row, in manifest order: float32 [B, S, S, 3]."""
-    paths = manifest.absolute_paths()
-    ds = tf.data.Dataset.from_tensor_slices(paths)
+    return path_dataset(manifest.absolute_paths(), image_size, batch_size, max_pixels)
+
+
+def path_dataset(
+    paths: Sequence[str],
+    image_size: int,
+    batch_size: int = 256,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> tf.data.Dataset:
+    """Batches of the images at `paths` (files), in order: float32 [B, S, S, 3]."""
+    ds = tf.data.Dataset.from_tensor_slices(list(paths))
     ds = ds.map(
         lambda p: decode_image(tf.io.read_file(p), image_size, max_pixels),
         num_parallel_calls=tf.data.AUTOTUNE,

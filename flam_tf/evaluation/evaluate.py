@@ -101,6 +101,31 @@ def attribute_accuracy(
     return out
 
 
+def mean_shift(features, m, flam_model, q_feat, attribute_index, target_value) -> np.ndarray:
+    """Mean-Shift (a reference, not in the paper): x + mu_target - mu_source over the run's
+    attribute_train class means, the source class as the embedder predicts it (no evaluation
+    labels used).
+
+    Args:
+        features: the run's features [N, D], manifest order; m: its manifest.
+        flam_model: the run's FeatureManipulator (its embedder gives the source class).
+        q_feat: query features [Q, D]; attribute_index, target_value: int [Q].
+
+    Returns:
+        float32 [Q, D], unit norm rows.
+    """
+    train = m["split"] == "attribute_train"
+    source = flam_model.pseudo_labels(q_feat)  # [Q, 3]
+    means = class_means(
+        features[train],
+        m.label_matrix()[train],
+        [vocabulary.NUM_CLASSES[a] for a in vocabulary.ATTRIBUTE_TYPES],
+    )
+    a = np.asarray(attribute_index)
+    shift = means[a, target_value] - means[a, source[np.arange(len(a)), a]]
+    return metrics.l2_normalize(q_feat + shift)
+
+
 def evaluate_run(ctx) -> dict:
     """Evaluates every trained method of the run; writes report.json, report.md and figures."""
     start = time.time()
@@ -144,18 +169,10 @@ def evaluate_run(ctx) -> dict:
         rows.append((variant, out, gallery))
         if variant == methods.FLAM:
             flam_model = model
-    # Mean-Shift (a reference, not in the paper): x + mu_target - mu_source over attribute_train
-    # class means, the source class as the embedder predicts it (no evaluation labels used).
     train = m["split"] == "attribute_train"
-    source = flam_model.pseudo_labels(q_feat)  # [Q, 3]
-    means = class_means(
-        features[train],
-        labels_all[train],
-        [vocabulary.NUM_CLASSES[a] for a in vocabulary.ATTRIBUTE_TYPES],
+    manipulated[methods.MEAN_SHIFT] = mean_shift(
+        features, m, flam_model, q_feat, queries.attribute_index, queries.target_value
     )
-    a = queries.attribute_index
-    shift = means[a, queries.target_value] - means[a, source[np.arange(len(a)), a]]
-    manipulated[methods.MEAN_SHIFT] = metrics.l2_normalize(q_feat + shift)
     rows.append((methods.MEAN_SHIFT, manipulated[methods.MEAN_SHIFT], gallery))
     baselines = [
         (name, stem, features, lambda mm: mm) for name, stem in methods.FEATURE_BASELINES.items()

@@ -32,8 +32,11 @@ import os
 from typing import Dict, List, Mapping, Optional
 
 import numpy as np
+from absl import logging
 
+from flam_tf import vocabulary
 from flam_tf.data.manifest import ManifestError
+from flam_tf.data.readers import classes, shopping100k
 from flam_tf.data.readers.annotation_files import iter_lines, parse_ints
 
 # ADDE attribute index of FLAM's attribute types. Shopping100k: category is attribute 0 (ADDE
@@ -42,6 +45,12 @@ from flam_tf.data.readers.annotation_files import iter_lines, parse_ints
 # which matches attr_num (gender, index 6, has 2 values). No public source orders DeepFashion's
 # attributes, so its indices must be given.
 ATTRIBUTE_INDEX = {"Shopping100k": {"shape": 0, "color": 2, "pattern": 8}}
+# Shopping100k's Attributes/<field>.txt of each FLAM type (ADDE's value index v of an attribute
+# is taken to be the field's value code v: same counts, both 0-based).
+SHOPPING100K_FIELDS = {"shape": "category", "color": "color", "pattern": "pattern"}
+# A category value the code table leaves unnamed is named by its images' category folder when at
+# least this share of them agree (the category is the folder in Shopping100k's own layout).
+FOLDER_AGREEMENT = 0.9
 FILES = (
     "attr_num.txt",
     "imgs_test.txt",
@@ -207,3 +216,70 @@ def read_adde_split(
         gt_labels,
         dict(attribute_index),
     )
+
+
+def _folder_category(image_path: str) -> Optional[str]:
+    """`[Images/]<Gender>/<n>_<Name>/<file>` -> `<Name>`, else None."""
+    path = image_path.replace("\\", "/")
+    if not path.startswith("Images/"):
+        path = "Images/" + path
+    return shopping100k.category_from_folder(path)
+
+
+def shopping100k_value_classes(
+    split: AddeSplit, code_table=None, class_table=None
+) -> Dict[str, np.ndarray]:
+    """ADDE value index -> project class index (vocabulary order), per FLAM type, for
+    Shopping100k; -1 where the value has no name, or its name no canonical class.
+
+    A value is named by the Shopping100k code table (`shopping100k_codes.json` with `code_table`
+    merged over it, as the reader's `--class_table`), then mapped onto the vocabulary as the
+    reader maps names (`shopping100k.CLASS_TABLE` with `class_table` merged over it). A category
+    value the table leaves unnamed takes the category folder name (`1_Coats` -> `Coats`) of the
+    split's images labelled with it, when at least `FOLDER_AGREEMENT` of them share one folder
+    name. Two values mapped onto one class are both kept (the class is what G is asked for; the
+    hit test compares ADDE's own labels).
+
+    Args:
+        split: the Shopping100k `AddeSplit`.
+        code_table: {"fields": {field: {"num_values": n, "codes": {code: name}}}}, or None.
+        class_table: {type: {source name: canonical class}}, or None.
+
+    Returns:
+        {type: int array [attr_num of that attribute]}.
+    """
+    codes = shopping100k.merge_code_tables(
+        shopping100k.load_code_table(shopping100k.CODE_TABLE_FILE), code_table
+    )
+    table = classes.resolve_class_table(shopping100k.CLASS_TABLE, class_table)
+    folders = np.asarray([_folder_category(p) or "" for p in split.images])
+    out = {}
+    for attribute, a in split.attribute_index.items():
+        field = SHOPPING100K_FIELDS[attribute]
+        named = codes.get(field, {"codes": {}})["codes"]
+        by_name = {classes.normalize_class_name(c): c for c in vocabulary.CLASSES[attribute]}
+        mapped = np.full(int(split.attr_num[a]), vocabulary.MISSING, dtype=np.int64)
+        for value in range(len(mapped)):
+            name = named.get(value)
+            if name is None and attribute == "shape":
+                held = folders[(split.labels[:, a] == value) & (folders != "")]
+                if len(held):
+                    names, counts = np.unique(held, return_counts=True)
+                    if counts.max() >= FOLDER_AGREEMENT * len(held):
+                        name = str(names[np.argmax(counts)])
+            key = classes.normalize_class_name(name) if name else ""
+            canonical = table[attribute].get(key, by_name.get(key))
+            if canonical is not None:
+                mapped[value] = vocabulary.class_index(attribute, canonical)
+        unmapped = int(np.sum(mapped < 0))
+        if unmapped:
+            logging.info(
+                "ADDE %s (%s): %d of %d values have no class (unnamed code, or a name with no "
+                "canonical class); their queries are not scored",
+                attribute,
+                field,
+                unmapped,
+                len(mapped),
+            )
+        out[attribute] = mapped
+    return out
