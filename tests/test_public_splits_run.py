@@ -26,26 +26,49 @@ from test_public_splits import (
     write_split,
 )
 
-from flam_tf import feature_store, methods, vocabulary
+from flam_tf import methods, vocabulary
 from flam_tf.data import manifest as manifest_lib
 from flam_tf.data.readers.adde_splits import read_adde_split, shopping100k_value_classes
 from flam_tf.evaluation import public_splits
-from flam_tf.run_directory import RunDirectory
+from flam_tf.run_directory import FEATURES_NPZ, MANIFEST_CSV, RunDirectory, run_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATTR_NUM = [vocabulary.NUM_CLASSES[a] for a in vocabulary.ATTRIBUTE_TYPES]
 NUM_IMAGES = 150
 KS = (1, 10)
+# The split's own attribute order and value numbering differ from the project's, as a real
+# split's do: ADDE attribute COLUMN[type] holds that type, ADDE value v is class (v + SHIFT) % 10.
+COLUMN = {"pattern": 0, "shape": 1, "color": 2}
+SHIFT = 3
+
+
+def _adde_labels(class_labels):
+    """Project class labels [N, 3] (vocabulary order) -> ADDE value labels in COLUMN order."""
+    out = np.empty_like(class_labels)
+    for i, t in enumerate(vocabulary.ATTRIBUTE_TYPES):
+        out[:, COLUMN[t]] = (class_labels[:, i] - SHIFT) % vocabulary.NUM_CLASSES[t]
+    return out
+
+
+def _value_table(path, drop=()):
+    """The JSON value table of that numbering, without the (type, value) pairs of `drop`."""
+    table = {
+        t: {str(v): c[(v + SHIFT) % len(c)] for v in range(len(c)) if (t, v) not in drop}
+        for t, c in vocabulary.CLASSES.items()
+    }
+    with open(path, "w") as f:
+        json.dump(table, f)
+    return path
 
 
 def _split_from_run(run_dir, root):
     """ADDE files over the run's first NUM_IMAGES fully labelled fam_eval images; a query per
     (image, attribute) whose one-attribute edit exists among them. Returns (split dir, image
     root, manifest rows of the images)."""
-    m = manifest_lib.read_manifest(RunDirectory(run_dir).manifest_path)
+    m = manifest_lib.read_manifest(run_file(run_dir, MANIFEST_CSV))
     labels = m.label_matrix()
     rows = np.flatnonzero((m["split"] == "fam_eval") & (labels >= 0).all(axis=1))[:NUM_IMAGES]
-    image_labels = labels[rows]
+    image_labels = _adde_labels(labels[rows])
     queries = []
     for i in range(len(rows)):
         for a in range(3):
@@ -60,7 +83,6 @@ def _split_from_run(run_dir, root):
 
     directory = os.path.join(root, "SmokeSplit")
     os.makedirs(directory)
-    image_root = m.root
     files = {
         "attr_num.txt": [str(n) for n in ATTR_NUM],
         "imgs_test.txt": [m["path"][r] for r in rows],
@@ -74,7 +96,7 @@ def _split_from_run(run_dir, root):
     for name, lines in files.items():
         with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
-    return directory, image_root, rows
+    return directory, m.root, rows
 
 
 def _recount(split, gallery, queries_of, classes_of, ks):
@@ -99,24 +121,21 @@ def scored(smoke_run, tmp_path_factory):
     run_dir, _ = smoke_run
     root = str(tmp_path_factory.mktemp("adde_run"))
     split_dir, image_root, rows = _split_from_run(run_dir, root)
-    split = read_adde_split(split_dir, {"shape": 0, "color": 1, "pattern": 2})
-    table = {
-        t: {str(v): c for v, c in enumerate(vocabulary.CLASSES[t])} for t in vocabulary.CLASSES
-    }
-    del table["color"]["3"]  # one unnamed value: its queries are counted, not scored
-    table_path = os.path.join(root, "values.json")
-    with open(table_path, "w") as f:
-        json.dump(table, f)
-    value_classes = public_splits.load_value_table(table_path, split)
+    split = read_adde_split(split_dir, COLUMN)
+    # One unnamed color value: its queries are counted, not scored.
+    table_path = _value_table(os.path.join(root, "values.json"), drop=[("color", 3)])
+    value_classes = public_splits.restrict_to_trained(
+        public_splits.load_value_table(table_path, split), run_dir
+    )
     gallery = public_splits.extract_split_features(run_dir, split, image_root)
     scores = public_splits.score_run(run_dir, split, gallery, value_classes, ks=KS)
     return dict(
         run_dir=run_dir,
+        root=root,
         split=split,
         split_dir=split_dir,
         image_root=image_root,
         rows=rows,
-        table_path=table_path,
         value_classes=value_classes,
         gallery=gallery,
         scores=scores,
@@ -124,16 +143,22 @@ def scored(smoke_run, tmp_path_factory):
 
 
 def test_split_images_embedded_as_the_run_embedded_them(scored):
-    saved = feature_store.load_features(RunDirectory(scored["run_dir"]))[scored["rows"]]
+    with np.load(run_file(scored["run_dir"], FEATURES_NPZ)) as z:
+        saved = z["feature"][scored["rows"]]
     np.testing.assert_allclose(scored["gallery"], saved, atol=1e-4)
 
 
 def test_scores_equal_an_independent_recount(scored):
     split, gallery, value_classes = scored["split"], scored["gallery"], scored["value_classes"]
+    run_dir = scored["run_dir"]
     flam = keras.saving.load_model(
-        RunDirectory.model_file(scored["run_dir"], methods.variant_model_name(methods.FLAM)),
-        compile=False,
+        RunDirectory.model_file(run_dir, methods.variant_model_name(methods.FLAM)), compile=False
     )
+    assert all((value_classes[t] >= 0).sum() >= 9 for t in COLUMN)  # the test scores something
+    m = manifest_lib.read_manifest(run_file(run_dir, MANIFEST_CSV))
+    with np.load(run_file(run_dir, FEATURES_NPZ)) as z:
+        train = m["split"] == "attribute_train"
+        x_train, y_train = z["feature"][train], m.label_matrix()[train]
 
     def classes_of(name, values):
         return value_classes[name][values]
@@ -142,20 +167,39 @@ def test_scores_equal_an_independent_recount(scored):
         a = np.full(len(classes), vocabulary.ATTRIBUTE_TYPES.index(name), np.int32)
         return flam.manipulate_indices(x, a, classes.astype(np.int32)).numpy()
 
-    for method, edit in ((methods.IDENTITY, lambda x, n, c: x), (methods.FLAM, flam_edit)):
+    def mean_shift_edit(x, name, classes):
+        # x + mean of the target class - mean of the class the embedder sees in x, the means
+        # over the run's labelled attribute_train features.
+        t = vocabulary.ATTRIBUTE_TYPES.index(name)
+        source = flam.pseudo_labels(x)[:, t]
+        means = np.stack(
+            [x_train[y_train[:, t] == c].mean(axis=0) for c in range(vocabulary.NUM_CLASSES[name])]
+        )
+        return x + means[classes] - means[source]
+
+    for method, edit in (
+        (methods.IDENTITY, lambda x, n, c: x),
+        (methods.FLAM, flam_edit),
+        (methods.MEAN_SHIFT, mean_shift_edit),
+    ):
         expected = _recount(split, gallery, edit, classes_of, KS)
         got = scored["scores"][method]["all"]
         assert {k: got[k] for k in expected} == pytest.approx(expected), method
     # The reference is in the gallery and ranks first, and it differs from the target in the
     # edited value: Identity's T@1 is 0.
     assert scored["scores"][methods.IDENTITY]["all"]["T@1"] == 0.0
-    color = int(np.sum((split.target_attribute == 1) & (split.target_value == 3)))
+    color = int(np.sum((split.target_attribute == COLUMN["color"]) & (split.target_value == 3)))
+    assert color > 0
     assert scored["scores"][methods.FLAM]["color"]["num_unmapped"] == color
     assert scored["scores"][methods.FLAM]["all"]["num_queries"] == len(split.ref) - color
     assert set(scored["scores"]) == {methods.FLAM, methods.MEAN_SHIFT, methods.IDENTITY}
 
 
 def test_cli_scores_a_run(scored, tmp_path):
+    # No pattern value named: pattern has no scored query, written as null (strict JSON).
+    table = _value_table(
+        str(tmp_path / "values.json"), drop=[("pattern", v) for v in range(10)] + [("color", 3)]
+    )
     out = str(tmp_path / "scores.json")
     result = subprocess.run(
         [
@@ -165,8 +209,8 @@ def test_cli_scores_a_run(scored, tmp_path):
             scored["split_dir"],
             f"--run_dir={scored['run_dir']}",
             f"--image_dir={scored['image_root']}",
-            f"--value_table={scored['table_path']}",
-            "--attribute_index=shape=0,color=1,pattern=2",
+            f"--value_table={table}",
+            "--attribute_index=pattern=0,shape=1,color=2",
             f"--out={out}",
         ],
         cwd=REPO,
@@ -176,10 +220,26 @@ def test_cli_scores_a_run(scored, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     with open(out) as f:
-        written = json.load(f)["scores"]
-    for method, by_type in scored["scores"].items():
+        written = json.loads(f.read(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    split = scored["split"]
+    expected = public_splits.score_run(
+        scored["run_dir"],
+        split,
+        scored["gallery"],
+        public_splits.restrict_to_trained(
+            public_splits.load_value_table(table, split), scored["run_dir"]
+        ),
+    )
+    assert written["scores"]["FLAM"]["pattern"]["T@10"] is None
+    assert written["scores"]["FLAM"]["pattern"]["num_queries"] == 0
+    for method, by_type in expected.items():
         for attribute, rates in by_type.items():
-            assert written[method][attribute]["T@10"] == pytest.approx(rates["T@10"], abs=1e-9)
+            for key, value in rates.items():
+                got = written["scores"][method][attribute][key]
+                if value != value:  # nan
+                    assert got is None, (method, attribute, key)
+                else:
+                    assert got == pytest.approx(value, abs=1e-9), (method, attribute, key)
     assert f"{methods.FLAM:<12} all" in result.stdout
 
 
@@ -207,9 +267,14 @@ def test_cli_bad_input_is_one_line(tmp_path):
             "value indices have no published names; pass --value_table",
         ),
         ((shopping, "--attribute_index=colour=2"), "--attribute_index: expected type=index"),
+        (
+            (shopping, "--attribute_index=shape=0,color=0"),
+            "attribute_index gives one ADDE attribute to two types",
+        ),
         (  # the fixture's images sit in no category folder, and color/pattern codes are unnamed
             (shopping, "--run_dir=/r", "--image_dir=/i"),
-            "no query's target value has a project class; name the values with --class_table",
+            "no query's target value has a project class the run trained on; name the values with "
+            "--class_table",
         ),
         (
             (shopping, "--run_dir=/r", f"--image_dir={tmp_path}", f"--value_table={values}"),
@@ -236,6 +301,8 @@ def test_value_table_errors(tmp_path):
         ('{"color": {"19": "red"}}', "color value '19' is not an index in 0..18"),
         ('{"color": {"x": "red"}}', "color value 'x' is not an index"),
         ('{"color": {"2": "mauve"}}', "mauve"),
+        ('{"color": 5}', 'color: expected {"<value index>": "<class>"}, got 5'),
+        ('{"color": {"2": 7}}', "color value '2': class 7 is not a name"),
     ]:
         with open(path, "w") as f:
             f.write(table)
@@ -304,3 +371,17 @@ def test_unmapped_targets_are_counted_not_scored(tmp_path):
     assert scores["color"]["num_unmapped"] == 1 and scores["color"]["num_queries"] == 1
     assert scores["all"]["num_unmapped"] == 2 and scores["all"]["num_queries"] == 2
     assert CATEGORY == 0 and COLOR == 2 and PATTERN == 8
+
+
+def test_run_files_are_checked_before_any_work(tmp_path):
+    with pytest.raises(
+        FileNotFoundError, match=r"Not a trained run directory: missing .*config.json"
+    ):
+        public_splits.run_files(str(tmp_path))
+    assert os.listdir(tmp_path) == []  # nothing written into the run directory
+
+
+def test_importing_the_scorer_claims_no_flag_of_the_main_job():
+    from flam_tf import train  # noqa: F401  (defines --run_dir, --verbose, ...: must not clash)
+
+    assert public_splits.FLAGS is train.FLAGS

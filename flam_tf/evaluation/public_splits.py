@@ -22,9 +22,10 @@ means) and Identity (no edit), asked for the project class of the target value. 
 values are indices, not names: Shopping100k's are named through the reader's code table
 (`--class_table`, as `flam_tf.data.readers`) and category folders (see
 `adde_splits.shopping100k_value_classes`); other splits need `--value_table`
-({type: {"<value index>": "<class>"}}). A query whose target value has no class is not scored
-and is counted (`num_unmapped`). Bad input is one line on stderr, exit code 2 (`--verbose`: the
-traceback).
+({type: {"<value index>": "<class>"}}). A query whose target value has no class, or a class the
+run never trained on (no attribute_train label), is not scored and is counted (`num_unmapped`);
+the JSON of `--out` writes a type with no scored query as null. Bad input is one line on stderr,
+exit code 2 (`--verbose`: the traceback).
 """
 
 import json
@@ -129,24 +130,84 @@ def image_paths(split, image_dir: str) -> list:
         raise FileNotFoundError(
             f"{len(missing)} of {len(paths)} images of {split.split_dir}/imgs_test.txt not found "
             f"under {image_dir}, the first {paths[missing[0]]} (line {missing[0] + 1}); "
-            "--image_dir is the folder those paths are relative to (Shopping100k: Images/)"
+            "--image_dir is the folder those paths are relative to"
+            + (
+                " (they start with Images/: the data set's root)"
+                if split.images[missing[0]].replace("\\", "/").startswith("Images/")
+                else " (Shopping100k: its Images/ folder)"
+            )
         )
     return paths
+
+
+def run_files(run_dir: str) -> Dict[str, str]:
+    """The files of a trained run the scorer reads, checked to exist (nothing is written).
+
+    Raises:
+        FileNotFoundError: naming the first missing file.
+    """
+    from flam_tf import methods
+    from flam_tf import run_directory as rd
+
+    files = {
+        "config": rd.run_file(run_dir, rd.CONFIG_JSON),
+        "manifest": rd.run_file(run_dir, rd.MANIFEST_CSV),
+        "features": rd.run_file(run_dir, rd.FEATURES_NPZ),
+        **{
+            n: rd.RunDirectory.model_file(run_dir, n)
+            for n in ("extractor", methods.variant_model_name(methods.FLAM))
+        },
+    }
+    for path in files.values():
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"Not a trained run directory: missing {path}")
+    return files
+
+
+def trained_classes(run_dir: str) -> Dict[str, np.ndarray]:
+    """{type: bool [classes]}: the classes with attribute_train labels in the run (the only ones
+    its embedders, G and the class means have seen)."""
+    from flam_tf.data import manifest as manifest_lib
+
+    m = manifest_lib.read_manifest(run_files(run_dir)["manifest"])
+    labels = m.label_matrix()[m["split"] == "attribute_train"]
+    return {
+        t: np.isin(np.arange(vocabulary.NUM_CLASSES[t]), labels[:, i])
+        for i, t in enumerate(vocabulary.ATTRIBUTE_TYPES)
+    }
+
+
+def restrict_to_trained(
+    value_classes: Mapping[str, np.ndarray], run_dir: str
+) -> Dict[str, np.ndarray]:
+    """`value_classes` with every class the run never trained on (see `trained_classes`) set to
+    -1: G's dictionary vector and the class mean of such a class were never learned."""
+    trained = trained_classes(run_dir)
+    out = {}
+    for t, classes in value_classes.items():
+        classes = np.asarray(classes)
+        untrained = (classes >= 0) & ~trained[t][np.maximum(classes, 0)]
+        if untrained.any():
+            logging.warning(
+                "%s: %d value(s) map onto classes the run never trained on (%s); their queries "
+                "are not scored",
+                t,
+                int(untrained.sum()),
+                sorted({vocabulary.CLASSES[t][c] for c in classes[untrained]}),
+            )
+        out[t] = np.where(untrained, vocabulary.MISSING, classes)
+    return out
 
 
 def _load_run(run_dir: str, names):
     """(data config, {name: model}) of a trained run; FileNotFoundError naming a missing file."""
     import keras
 
-    from flam_tf import run_directory as rd
     from flam_tf.config import ExperimentConfig
 
-    config_path = rd.run_file(run_dir, rd.CONFIG_JSON)
-    paths = {n: rd.RunDirectory.model_file(run_dir, n) for n in names}
-    for path in [config_path, *paths.values()]:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"Not a trained run directory: missing {path}")
-    with open(config_path, encoding="utf-8") as f:
+    files = run_files(run_dir)
+    paths = {n: files[n] for n in names}
+    with open(files["config"], encoding="utf-8") as f:
         data = ExperimentConfig.from_dict(json.load(f)).data
     return data, {n: keras.saving.load_model(p, compile=False) for n, p in paths.items()}
 
@@ -195,20 +256,17 @@ def score_run(
     Raises:
         FileNotFoundError: a missing file of the run (named).
     """
-    from flam_tf import feature_store, methods
-    from flam_tf import run_directory as rd
+    from flam_tf import methods
     from flam_tf.data import manifest as manifest_lib
     from flam_tf.evaluation.evaluate import mean_shift
 
     flam_name = methods.variant_model_name(methods.FLAM)
     _, models = _load_run(run_dir, [flam_name])
     flam = models[flam_name]
-    run = rd.RunDirectory(run_dir)
-    for path in (run.manifest_path, run.features_path):
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"Not a trained run directory: missing {path}")
-    run_features = feature_store.load_features(run)
-    run_manifest = manifest_lib.read_manifest(run.manifest_path)
+    files = run_files(run_dir)
+    with np.load(files["features"], allow_pickle=False) as z:
+        run_features = z["feature"]
+    run_manifest = manifest_lib.read_manifest(files["manifest"])
 
     def edit(method):
         def manipulate(reference, attribute, classes):
@@ -262,7 +320,15 @@ def load_value_table(path: str, split) -> Dict[str, np.ndarray]:
                 f"{path}: type {attribute!r} is not scored on this split "
                 f"(scored: {sorted(out)}; see --attribute_index)"
             )
-        for value, name in dict(entries).items():
+        if not isinstance(entries, dict):
+            raise ValueError(
+                f'{path}: {attribute}: expected {{"<value index>": "<class>"}}, got {entries!r}'
+            )
+        for value, name in entries.items():
+            if not isinstance(name, str):
+                raise ValueError(
+                    f"{path}: {attribute} value {value!r}: class {name!r} is not a name"
+                )
             if not str(value).isdigit() or int(value) >= len(out[attribute]):
                 raise ValueError(
                     f"{path}: {attribute} value {value!r} is not an index in "
@@ -276,19 +342,28 @@ def load_value_table(path: str, split) -> Dict[str, np.ndarray]:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("run_dir", None, "Score this trained run on the split (one SPLIT_DIR).")
-flags.DEFINE_string("image_dir", None, "With --run_dir: the folder imgs_test.txt is relative to.")
-flags.DEFINE_string(
-    "class_table", None, "Shopping100k: a code table naming value codes (as flam_tf.data.readers)."
-)
-flags.DEFINE_string(
-    "value_table", None, 'JSON {type: {"<ADDE value index>": "<class>"}}; replaces the naming.'
-)
-flags.DEFINE_string(
-    "attribute_index", None, "type=ADDE attribute index, e.g. shape=0,color=2,pattern=8."
-)
-flags.DEFINE_string("out", None, "With --run_dir: write the scores as JSON here.")
-flags.DEFINE_bool("verbose", False, "On bad input, show the full traceback.")
+
+
+def _define_flags() -> None:
+    """The CLI's flags, defined only when this module runs as a script: importing it (tests,
+    other tools) must not claim flag names such as --run_dir in the process."""
+    flags.DEFINE_string("run_dir", None, "Score this trained run on the split (one SPLIT_DIR).")
+    flags.DEFINE_string(
+        "image_dir", None, "With --run_dir: the folder imgs_test.txt is relative to."
+    )
+    flags.DEFINE_string(
+        "class_table",
+        None,
+        "Shopping100k: a code table naming value codes (as flam_tf.data.readers).",
+    )
+    flags.DEFINE_string(
+        "value_table", None, 'JSON {type: {"<ADDE value index>": "<class>"}}; replaces the naming.'
+    )
+    flags.DEFINE_string(
+        "attribute_index", None, "type=ADDE attribute index, e.g. shape=0,color=2,pattern=8."
+    )
+    flags.DEFINE_string("out", None, "With --run_dir: write the scores as JSON here.")
+    flags.DEFINE_bool("verbose", False, "On bad input, show the full traceback.")
 
 
 def _attribute_index(text: Optional[str]):
@@ -337,16 +412,10 @@ def run(split_dirs) -> None:
         raise ValueError(
             f"{split_dir}: its value indices have no published names; pass --value_table"
         )
-    scored = {
-        t: int(np.sum(value_classes[t][split.target_value[split.target_attribute == a]] >= 0))
-        for t, a in split.attribute_index.items()
-    }
-    print(f"queries with a target class (scored): {scored}")
-    if not sum(scored.values()):
-        raise ValueError(
-            f"{split_dir}: no query's target value has a project class; name the values with "
-            "--class_table (Shopping100k codes) or --value_table"
-        )
+    _count_scored(split, value_classes, split_dir)
+    image_paths(split, FLAGS.image_dir)  # before any work: a missing image or run file is named
+    value_classes = restrict_to_trained(value_classes, FLAGS.run_dir)
+    print(f"queries with a target class (scored): {_count_scored(split, value_classes, split_dir)}")
     gallery = extract_split_features(FLAGS.run_dir, split, FLAGS.image_dir)
     scores = score_run(FLAGS.run_dir, split, gallery, value_classes)
     for method, by_type in scores.items():
@@ -359,22 +428,55 @@ def run(split_dirs) -> None:
     if FLAGS.out:
         partial = FLAGS.out + ".partial"
         with open(partial, "w", encoding="utf-8") as f:
-            json.dump({"split_dir": os.path.abspath(split_dir), "scores": scores}, f, indent=2)
+            json.dump(
+                {"split_dir": os.path.abspath(split_dir), "scores": _nan_to_none(scores)},
+                f,
+                indent=2,
+                allow_nan=False,
+            )
         os.replace(partial, FLAGS.out)
         print(f"Wrote {FLAGS.out}")
 
 
+def _count_scored(split, value_classes, split_dir) -> Dict[str, int]:
+    """Queries per type whose target has a class; ValueError when there is none at all."""
+    scored = {
+        t: int(np.sum(value_classes[t][split.target_value[split.target_attribute == a]] >= 0))
+        for t, a in split.attribute_index.items()
+    }
+    if not sum(scored.values()):
+        raise ValueError(
+            f"{split_dir}: no query's target value has a project class the run trained on; name "
+            "the values with --class_table (Shopping100k codes) or --value_table"
+        )
+    return scored
+
+
+def _nan_to_none(value):
+    """NaN (a type with no scored query) as JSON null: strict JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    return None if isinstance(value, float) and value != value else value
+
+
 def main(argv):
+    import zipfile
+
     try:
         run(argv[1:])
-    except (ValueError, OSError) as e:  # ManifestError is a ValueError
-        if FLAGS.verbose:
+    except Exception as e:  # noqa: BLE001 (bad input is one line; anything else re-raised)
+        bad_input = (ValueError, OSError, zipfile.BadZipFile)  # ManifestError is a ValueError
+        if "tensorflow" in sys.modules:  # an image TF cannot decode (corrupt, too large)
+            bad_input += (sys.modules["tensorflow"].errors.OpError,)
+        if FLAGS.verbose or not isinstance(e, bad_input):
             raise
-        message = " ".join(str(e).split("\n"))
+        text = getattr(e, "message", None) or str(e)  # an OpError's own message, no op trace
+        message = " ".join(text.split("\n"))
         print(f"flam_tf.evaluation.public_splits: error: {message}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     logging.flush()
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

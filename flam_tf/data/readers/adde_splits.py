@@ -162,6 +162,10 @@ def read_adde_split(
     for name, a in attribute_index.items():
         if not 0 <= a < len(attr_num):
             raise ValueError(f"attribute_index[{name!r}] = {a} out of range 0..{len(attr_num) - 1}")
+    if len(set(attribute_index.values())) != len(attribute_index):
+        raise ValueError(
+            f"attribute_index gives one ADDE attribute to two types: {dict(attribute_index)}"
+        )
     images = [line for _, line in iter_lines(path["imgs_test.txt"])]
     labels = _to_index_labels(
         _rows(path["labels_test.txt"], width, (0, 1), "one-hot labels"), attr_num
@@ -237,8 +241,8 @@ def shopping100k_value_classes(
     reader maps names (`shopping100k.CLASS_TABLE` with `class_table` merged over it). A category
     value the table leaves unnamed takes the category folder name (`1_Coats` -> `Coats`) of the
     split's images labelled with it, when at least `FOLDER_AGREEMENT` of them share one folder
-    name. Two values mapped onto one class are both kept (the class is what G is asked for; the
-    hit test compares ADDE's own labels).
+    name (images whose path holds no category folder do not vote). Two values mapped onto one class
+    are both kept (the class is what G is asked for; the hit test compares ADDE's own labels).
 
     Args:
         split: the Shopping100k `AddeSplit`.
