@@ -253,36 +253,49 @@ def _cli(*args):
     )
 
 
-def test_cli_bad_input_is_one_line(tmp_path):
+def test_bad_input_is_one_error_naming_it(tmp_path):
     shopping = write_split(str(tmp_path))
     deepfashion = write_split(str(tmp_path), name="DeepFashion")
     values = tmp_path / "values.json"
     values.write_text('{"color": {"5": "red"}}')
     cases = [
-        ((shopping, "--run_dir=/nowhere"), "--run_dir needs --image_dir"),
-        ((shopping, deepfashion, "--run_dir=/r", "--image_dir=/i"), "scores one SPLIT_DIR; got 2"),
-        ((deepfashion, "--run_dir=/r", "--image_dir=/i"), "no attribute type to score"),
+        (([shopping], dict(run_dir="/nowhere")), "--run_dir needs --image_dir"),
+        (([shopping, deepfashion], dict(run_dir="/r", image_dir="/i")), "one SPLIT_DIR; got 2"),
+        (([deepfashion], dict(run_dir="/r", image_dir="/i")), "no attribute type to score"),
         (
-            (deepfashion, "--run_dir=/r", "--image_dir=/i", "--attribute_index=color=2"),
+            ([deepfashion], dict(run_dir="/r", image_dir="/i", attribute_index="color=2")),
             "value indices have no published names; pass --value_table",
         ),
-        ((shopping, "--attribute_index=colour=2"), "--attribute_index: expected type=index"),
+        (([shopping], dict(attribute_index="colour=2")), "--attribute_index: expected type=index"),
         (
-            (shopping, "--attribute_index=shape=0,color=0"),
+            ([shopping], dict(attribute_index="shape=0,color=0")),
             "attribute_index gives one ADDE attribute to two types",
         ),
         (  # the fixture's images sit in no category folder, and color/pattern codes are unnamed
-            (shopping, "--run_dir=/r", "--image_dir=/i"),
-            "no query's target value has a project class the run trained on; name the values with "
-            "--class_table",
+            ([shopping], dict(run_dir="/r", image_dir="/i")),
+            "no query's target value has a project class the run trained on; name the values "
+            "with --class_table",
         ),
         (
-            (shopping, "--run_dir=/r", f"--image_dir={tmp_path}", f"--value_table={values}"),
+            ([shopping], dict(run_dir="/r", image_dir=str(tmp_path), value_table=str(values))),
             f"6 of 6 images of {shopping}/imgs_test.txt not found under {tmp_path}, the first "
-            f"{tmp_path}/Images/Female/0.jpg (line 1)",
+            f"{tmp_path}/Images/Female/0.jpg (line 1); --image_dir is the folder those paths are "
+            "relative to (they start with Images/: the data set's root)",
         ),
     ]
-    for args, message in cases:
+    for (split_dirs, options), message in cases:
+        with pytest.raises((ValueError, OSError)) as error:
+            public_splits.run(split_dirs, **options)
+        assert message in str(error.value), (message, str(error.value))
+        assert "\n" not in str(error.value)
+
+
+def test_cli_bad_input_is_one_line_with_exit_code_2(tmp_path):
+    shopping = write_split(str(tmp_path))
+    for args, message in [
+        ((shopping, "--run_dir=/nowhere"), "--run_dir needs --image_dir"),
+        ((shopping, "--run_dir=/r", "--image_dir=/i", "--value_table=/no.json"), "/no.json"),
+    ]:
         result = _cli(*args)
         assert result.returncode == 2, (args, result.stderr[-2000:])
         lines = result.stderr.strip().splitlines()

@@ -381,30 +381,43 @@ def _attribute_index(text: Optional[str]):
     return out
 
 
-def run(split_dirs) -> None:
+def run(
+    split_dirs,
+    run_dir: Optional[str] = None,
+    image_dir: Optional[str] = None,
+    class_table: Optional[str] = None,
+    value_table: Optional[str] = None,
+    attribute_index: Optional[str] = None,
+    out: Optional[str] = None,
+) -> None:
+    """What the CLI does, its flags as arguments (see the module docstring).
+
+    Raises:
+        ValueError, OSError: bad input, naming the file (and line) where there is one.
+    """
     from flam_tf.data import readers
     from flam_tf.data.readers import adde_splits
 
     if not split_dirs:
         raise ValueError("give at least one SPLIT_DIR (a folder of ADDE's splits/)")
-    if FLAGS.run_dir and len(split_dirs) != 1:
+    if run_dir and len(split_dirs) != 1:
         raise ValueError(f"--run_dir scores one SPLIT_DIR; got {len(split_dirs)}")
-    if FLAGS.run_dir and not FLAGS.image_dir:
+    if run_dir and not image_dir:
         raise ValueError("--run_dir needs --image_dir (the folder imgs_test.txt is relative to)")
-    index = _attribute_index(FLAGS.attribute_index)
+    index = _attribute_index(attribute_index)
     for split_dir in split_dirs:
         split = adde_splits.read_adde_split(split_dir, index)
         print(f"{split_dir}: {len(split.images)} test images, queries {split.query_counts()}")
-    if not FLAGS.run_dir:
+    if not run_dir:
         return
     if not split.attribute_index:
         raise ValueError(f"{split_dir}: no attribute type to score; pass --attribute_index")
-    if FLAGS.value_table:
-        value_classes = load_value_table(FLAGS.value_table, split)
+    if value_table:
+        value_classes = load_value_table(value_table, split)
     elif os.path.basename(os.path.normpath(split_dir)) == "Shopping100k":
         options = {}
-        if FLAGS.class_table:
-            options = readers.class_table_options("shopping100k", FLAGS.class_table)
+        if class_table:
+            options = readers.class_table_options("shopping100k", class_table)
         value_classes = adde_splits.shopping100k_value_classes(
             split, code_table=options.get("code_table")
         )
@@ -413,11 +426,11 @@ def run(split_dirs) -> None:
             f"{split_dir}: its value indices have no published names; pass --value_table"
         )
     _count_scored(split, value_classes, split_dir)
-    image_paths(split, FLAGS.image_dir)  # before any work: a missing image or run file is named
-    value_classes = restrict_to_trained(value_classes, FLAGS.run_dir)
+    image_paths(split, image_dir)  # before any work: a missing image or run file is named
+    value_classes = restrict_to_trained(value_classes, run_dir)
     print(f"queries with a target class (scored): {_count_scored(split, value_classes, split_dir)}")
-    gallery = extract_split_features(FLAGS.run_dir, split, FLAGS.image_dir)
-    scores = score_run(FLAGS.run_dir, split, gallery, value_classes)
+    gallery = extract_split_features(run_dir, split, image_dir)
+    scores = score_run(run_dir, split, gallery, value_classes)
     for method, by_type in scores.items():
         for attribute, rates in by_type.items():
             cells = " ".join(f"{k}={v:.4f}" for k, v in rates.items() if k.startswith("T@"))
@@ -425,8 +438,8 @@ def run(split_dirs) -> None:
                 f"{method:<12} {attribute:<8} {cells} queries={rates[NUM_QUERIES]} "
                 f"unmapped={rates[NUM_UNMAPPED]}"
             )
-    if FLAGS.out:
-        partial = FLAGS.out + ".partial"
+    if out:
+        partial = out + ".partial"
         with open(partial, "w", encoding="utf-8") as f:
             json.dump(
                 {"split_dir": os.path.abspath(split_dir), "scores": _nan_to_none(scores)},
@@ -434,8 +447,8 @@ def run(split_dirs) -> None:
                 indent=2,
                 allow_nan=False,
             )
-        os.replace(partial, FLAGS.out)
-        print(f"Wrote {FLAGS.out}")
+        os.replace(partial, out)
+        print(f"Wrote {out}")
 
 
 def _count_scored(split, value_classes, split_dir) -> Dict[str, int]:
@@ -463,7 +476,15 @@ def main(argv):
     import zipfile
 
     try:
-        run(argv[1:])
+        run(
+            argv[1:],
+            run_dir=FLAGS.run_dir,
+            image_dir=FLAGS.image_dir,
+            class_table=FLAGS.class_table,
+            value_table=FLAGS.value_table,
+            attribute_index=FLAGS.attribute_index,
+            out=FLAGS.out,
+        )
     except Exception as e:  # noqa: BLE001 (bad input is one line; anything else re-raised)
         bad_input = (ValueError, OSError, zipfile.BadZipFile)  # ManifestError is a ValueError
         if "tensorflow" in sys.modules:  # an image TF cannot decode (corrupt, too large)
