@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import SMOKE_FLAGS
 
 from flam_tf import config as config_lib
 from flam_tf import (
@@ -64,7 +65,7 @@ def _command(run_dir, stages=TRAINING, *flags):
         sys.executable,
         "-m",
         "flam_tf.train",
-        "--preset=smoke",
+        *SMOKE_FLAGS,
         f"--run_dir={run_dir}",
         f"--stages={','.join(stages)}",
         *flags,

@@ -8,12 +8,28 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import SMOKE_FLAGS
 
 from flam_tf import config as config_lib
 from flam_tf import vocabulary
 from flam_tf.evaluation import metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+COMPARISON_FILES = (
+    "models/manipulator_paper_M_OS_adv.keras",
+    "models/cls_concat.keras",
+    "models/emb_concat.keras",
+    "features/cls_concat_features.npz",
+    "features/emb_concat_features.npz",
+)
+
+
+def test_comparison_rows_leave_their_files(smoke_run, smoke_run_compared):
+    for name in COMPARISON_FILES:
+        assert not os.path.exists(os.path.join(smoke_run[0], name)), name
+        assert os.path.exists(os.path.join(smoke_run_compared[0], name)), name
 
 
 def test_smoke_run_leaves_every_file(smoke_run):
@@ -27,13 +43,8 @@ def test_smoke_run_leaves_every_file(smoke_run):
         "models/extractor.keras",
         "models/embedder.keras",
         "models/manipulator.keras",
-        "models/manipulator_paper_M_OS_adv.keras",
-        "models/cls_concat.keras",
-        "models/emb_concat.keras",
         "models/cls_concat_on_x.keras",
         "models/emb_concat_on_x.keras",
-        "features/cls_concat_features.npz",
-        "features/emb_concat_features.npz",
         "features/features.npz",
         "features/fam_gallery.npz",
         "figures/figure2_manipulation.png",
@@ -53,8 +64,8 @@ def test_smoke_run_leaves_every_file(smoke_run):
     assert "report: " in output and "FAM T@10" in output  # the terminal summary table
 
 
-def test_report_json_has_the_documented_keys(smoke_run):
-    run_dir, _ = smoke_run
+def test_report_json_has_the_documented_keys(smoke_run_compared):
+    run_dir, _ = smoke_run_compared
     with open(os.path.join(run_dir, "report.json")) as f:
         report = json.load(f)
     for key in (
@@ -229,7 +240,7 @@ def test_rerun_skips_finished_stages(smoke_run):
             sys.executable,
             "-m",
             "flam_tf.train",
-            "--preset=smoke",
+            *SMOKE_FLAGS,
             f"--run_dir={run_dir}",
             "--stages=data,extractor",
         ],
@@ -243,51 +254,16 @@ def test_rerun_skips_finished_stages(smoke_run):
     assert "== extractor: finished earlier, skipped" in result.stdout
 
 
-def test_without_the_comparison_rows_flam_reports_the_same(smoke_run, tmp_path):
-    """`--noevaluation_compare` (the default preset's setting) on the smoke run's features:
-    neither the paper's G nor the pixel-trained baselines are trained or reported, and every
-    figure of the rows that remain equals the full run's (each model is seeded by its name)."""
-    import shutil
-
-    full_dir, _ = smoke_run
-    run_dir = str(tmp_path / "run")
-    shutil.copytree(full_dir, run_dir)
-    for folder, prefixes in (
-        ("models", ("manipulator", "cls_concat", "emb_concat")),
-        ("features", ("cls_concat", "emb_concat")),
-    ):
-        for name in os.listdir(os.path.join(run_dir, folder)):
-            if name.startswith(prefixes):
-                os.remove(os.path.join(run_dir, folder, name))
-    stages_path = os.path.join(run_dir, "stages.json")
-    with open(stages_path) as f:
-        stages = json.load(f)
-    with open(stages_path, "w") as f:
-        json.dump(
-            {
-                k: v
-                for k, v in stages.items()
-                if k in ("data", "extractor", "features", "embedders")
-            },
-            f,
-        )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flam_tf.train",
-            "--preset=smoke",
-            f"--run_dir={run_dir}",
-            "--noevaluation_compare",
-            "--stages=manipulator,baselines,evaluate",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert sorted(os.listdir(os.path.join(run_dir, "models"))) == [
+def test_comparison_rows_added_later_leave_every_other_figure_unchanged(
+    smoke_run, smoke_run_compared
+):
+    """`--noevaluation_compare` (the shared smoke run, and the default preset's setting) trains
+    neither the paper's G nor the pixel-trained baselines; adding them to the finished run
+    (`smoke_run_compared`) trains just those, and every figure of the rows both runs report is
+    equal (each model is seeded by its name)."""
+    own_dir, _ = smoke_run
+    full_dir, output = smoke_run_compared
+    assert sorted(os.listdir(os.path.join(own_dir, "models"))) == [
         "cls_concat_on_x.keras",
         "emb_concat_on_x.keras",
         "embedder.keras",
@@ -296,7 +272,7 @@ def test_without_the_comparison_rows_flam_reports_the_same(smoke_run, tmp_path):
     ]
     with open(os.path.join(full_dir, "report.json")) as f:
         full = json.load(f)
-    with open(os.path.join(run_dir, "report.json")) as f:
+    with open(os.path.join(own_dir, "report.json")) as f:
         own = json.load(f)
     assert list(own["fam"]) == [
         "Identity",
@@ -313,6 +289,9 @@ def test_without_the_comparison_rows_flam_reports_the_same(smoke_run, tmp_path):
     assert own["attribute_accuracy"]["methods"] == {
         k: v for k, v in full["attribute_accuracy"]["methods"].items() if k != "FLAM (paper)"
     }
+    assert own["attribute_accuracy"]["original"] == full["attribute_accuracy"]["original"]
+    with open(os.path.join(full_dir, "config.json")) as f:
+        assert json.load(f)["evaluation"]["compare"] is True  # the additive setting, rewritten
 
 
 def test_other_settings_in_the_same_run_dir_are_refused(smoke_run):
@@ -322,7 +301,7 @@ def test_other_settings_in_the_same_run_dir_are_refused(smoke_run):
             sys.executable,
             "-m",
             "flam_tf.train",
-            "--preset=smoke",
+            *SMOKE_FLAGS,
             f"--run_dir={run_dir}",
             "--extractor_epochs=7",
             "--stages=data",
