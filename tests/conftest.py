@@ -47,15 +47,20 @@ def smoke_run(tmp_path_factory):
         (run directory, the command's combined output).
     """
     run_dir = str(tmp_path_factory.mktemp("smoke_run"))
+    return run_dir, _train(*SMOKE_FLAGS, f"--run_dir={run_dir}")
+
+
+def _train(*flags) -> str:
+    """Runs `python -m flam_tf.train *flags`, which must succeed; returns its combined output."""
     result = subprocess.run(
-        [sys.executable, "-m", "flam_tf.train", *SMOKE_FLAGS, f"--run_dir={run_dir}"],
+        [sys.executable, "-m", "flam_tf.train", *flags],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return run_dir, result.stdout + result.stderr
+    return result.stdout + result.stderr
 
 
 @pytest.fixture(scope="session")
@@ -69,21 +74,11 @@ def smoke_run_compared(smoke_run, tmp_path_factory):
     """
     run_dir = str(tmp_path_factory.mktemp("smoke_run_compared") / "run")
     shutil.copytree(smoke_run[0], run_dir)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flam_tf.train",
-            "--preset=smoke",
-            "--evaluation_compare",
-            "--stages=manipulator,baselines,evaluate",
-            "--force",
-            f"--run_dir={run_dir}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    output = _train(
+        "--preset=smoke",
+        "--evaluation_compare",
+        "--stages=manipulator,baselines,evaluate",
+        "--force",
+        f"--run_dir={run_dir}",
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return run_dir, result.stdout + result.stderr
+    return run_dir, output
