@@ -569,3 +569,19 @@ def test_verify_images_refuses_a_gif_whose_frame_exceeds_the_limit_without_decod
         r"20000 pixels exceeds",
     ):
         verify.verify_images(m, max_image_pixels=4096 * 4096)
+
+
+def test_a_model_file_that_cannot_be_loaded_names_itself_and_its_stage(smoke_run, tmp_path):
+    """A corrupt (or older-version) model file: one line naming it and the stage to re-run,
+    not Keras' "File not found" for a file that is there."""
+    import shutil
+
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(smoke_run[0], run_dir)
+    model = os.path.join(run_dir, "models", "cls_concat_on_x.keras")
+    with open(model, "w") as f:
+        f.write("not a zip file")
+    result = _train(*SMOKE_FLAGS, f"--run_dir={run_dir}", "--stages=evaluate", "--force")
+    line = _one_error_line(result, allow_log_lines=True)
+    assert f"{model} cannot be loaded" in line, line
+    assert "retrain it with --stages=baselines --force" in line, line

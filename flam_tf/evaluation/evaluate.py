@@ -163,7 +163,7 @@ def evaluate_run(ctx) -> dict:
         v for v in methods.PAPER_SWITCHES if _exists(ctx, methods.variant_model_name(v))
     ]
     for variant in variants:
-        model = keras.saving.load_model(ctx.run.model_path(methods.variant_model_name(variant)))
+        model = ctx.load_model(methods.variant_model_name(variant))
         out = _batched(model.manipulate_indices, q_feat, attribute_idx, target_idx)
         manipulated[variant] = out
         rows.append((variant, out, gallery))
@@ -182,7 +182,7 @@ def evaluate_run(ctx) -> dict:
         if encoded is not None:  # trained with evaluation.compare, unless pixel_epochs is 0
             baselines.append((name, stem, encoded, lambda mm: mm.head))
     for name, stem, inputs, head_of in baselines:
-        head = head_of(keras.saving.load_model(ctx.run.model_path(stem)))
+        head = head_of(ctx.load_model(stem))
         rep_gallery = _batched(head.represent, inputs[fam])
         out = _batched(head.manipulate, rep_gallery[queries.query_index], attribute_idx, target_idx)
         rows.append((name, out, rep_gallery))

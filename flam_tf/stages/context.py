@@ -18,6 +18,8 @@ from flam_tf.data import manifest as manifest_lib
 from flam_tf.epoch_backup import EpochBackup, merged_history, resume_epoch, seed_everything
 from flam_tf.run_directory import RunDirectory, write_json
 
+_STAGE_OF_MODEL = {"extractor": "extractor", "embedder": "embedders"}
+
 
 class Context:
     """What every stage gets: config, run directory, strategy, and this task's role in the
@@ -56,6 +58,26 @@ class Context:
         save_model_atomically(model, out)
         if out != path:
             os.remove(out)
+
+    def load_model(self, name: str, compile: bool = True) -> keras.Model:
+        """The run's trained model `name` (models/<name>.keras).
+
+        Raises:
+            ValueError: the file cannot be loaded (corrupt, or saved by a version of flam_tf whose
+                layers held other weights), naming it and the stage that rewrites it.
+        """
+        path = self.run.model_path(name)
+        try:
+            return keras.saving.load_model(path, compile=compile)
+        except ValueError as e:
+            stage = _STAGE_OF_MODEL.get(name) or (
+                "manipulator" if name.startswith("manipulator") else "baselines"
+            )
+            reason = " ".join(str(e).split())[:300]
+            raise ValueError(
+                f"{path} cannot be loaded ({reason}); it may come from another version of "
+                f"flam_tf: retrain it with --stages={stage} --force"
+            ) from e
 
     def exists(self, path: str) -> bool:
         """Whether `path` exists, as the chief sees it (the same answer on every task)."""

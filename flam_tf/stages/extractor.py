@@ -86,7 +86,7 @@ def stage_extractor(ctx: Context) -> Dict[str, float]:
 
 def stage_features(ctx: Context) -> Dict[str, int]:
     """Extracts one feature per image into D/features/features.npz, plus fam_gallery.npz."""
-    extractor = keras.saving.load_model(ctx.run.model_path("extractor"))
+    extractor = ctx.load_model("extractor")
     m = ctx.manifest
     features = []
     ds = pipeline.image_dataset(

@@ -81,7 +81,7 @@ def _train_manipulator(ctx: Context, variant: str) -> float:
     logging.info("manipulator %s: %d training features", variant, len(x))
     with ctx.strategy.scope():
         # Frozen inside the manipulator: its optimizer is neither needed nor saved with it.
-        embedder = keras.saving.load_model(ctx.run.model_path("embedder"), compile=False)
+        embedder = ctx.load_model("embedder", compile=False)
         model = FeatureManipulator(
             embedder,
             x.shape[1],
