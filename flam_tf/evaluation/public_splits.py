@@ -16,7 +16,7 @@ prints the query counts per data set (all queries, and those of category / color
         [--out scores.json]
 
 scores a trained run on that split: the run's extractor embeds every image of imgs_test.txt
-(paths relative to --image_dir; Shopping100k: its `Images/` folder), and each query's reference
+(paths relative to --image_dir), and each query's reference
 feature is manipulated by FLAM (the run's manipulator), Mean-Shift (the run's attribute_train class
 means) and Identity (no edit), asked for the project class of the target value. ADDE's target
 values are indices, not names: Shopping100k's are named through the reader's code table
@@ -24,7 +24,7 @@ values are indices, not names: Shopping100k's are named through the reader's cod
 `adde_splits.shopping100k_value_classes`); other splits need `--value_table`
 ({type: {"<value index>": "<class>"}}). A query whose target value has no class, or a class the
 run never trained on (no attribute_train label), is not scored and is counted (`num_unmapped`);
-the JSON of `--out` writes a type with no scored query as null. Bad input is one line on stderr,
+in the JSON of `--out` the T@k of a type with no scored query are null. Bad input is one line on stderr,
 exit code 2 (`--verbose`: the traceback).
 """
 
@@ -426,7 +426,7 @@ def run(
             f"{split_dir}: its value indices have no published names; pass --value_table"
         )
     _count_scored(split, value_classes, split_dir)
-    image_paths(split, image_dir)  # before any work: a missing image or run file is named
+    image_paths(split, image_dir)  # before any work: a missing image is named (run files next)
     value_classes = restrict_to_trained(value_classes, run_dir)
     print(f"queries with a target class (scored): {_count_scored(split, value_classes, split_dir)}")
     gallery = extract_split_features(run_dir, split, image_dir)
