@@ -370,6 +370,13 @@ def main(argv=None):
         "checked against the comparison run (none: skip)",
     )
     parser.add_argument(
+        "--main_jobs_only",
+        action="store_true",
+        help="time the main jobs of --main_job_seeds again (fresh run directories) and compare "
+        "their figures with the comparison reports kept in quality.json; no comparison run is "
+        "run or re-evaluated, every other entry of quality.json is kept",
+    )
+    parser.add_argument(
         "--note",
         default=None,
         help="a remark printed under the wall-time table (kept in quality.json)",
@@ -383,6 +390,25 @@ def main(argv=None):
     if args.report_only:
         with open(json_path) as f:
             quality = json.load(f)
+    elif args.main_jobs_only:
+        with open(json_path) as f:
+            quality = json.load(f)
+        timed = {}
+        for seed in args.main_job_seeds:
+            if str(seed) not in quality["reports"]:
+                raise SystemExit(f"quality: {json_path} holds no comparison report of seed {seed}")
+            main_dir = os.path.join(args.work, f"{args.preset}_main_seed{seed}")
+            timed[seed] = main_job(args.preset, seed, main_dir, quality["reports"][str(seed)])
+        kept = [j for j in quality.get("main_job", []) if j["seed"] not in timed]
+        quality["main_job"] = sorted(kept + list(timed.values()), key=lambda j: j["seed"])
+        quality["main_job_date"] = datetime.datetime.now(datetime.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M UTC"
+        )
+        tmp = json_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(quality, f, indent=1)
+        os.replace(tmp, json_path)
+        print(f"wrote {json_path}")
     else:
         previous, previous_main, note = {}, {}, None
         if os.path.exists(json_path):

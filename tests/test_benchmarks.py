@@ -167,3 +167,48 @@ def test_report_only_rerenders_without_measuring(tmp_path):
     assert rendered[0].startswith("# flam_tf benchmarks\n")
     assert f"| `{saved['measurements'][0]['name']}` |" in rendered[0]
     assert "## Findings" in rendered[0]
+
+
+def test_quality_main_jobs_only_retimes_the_main_jobs_and_keeps_the_rest(tmp_path, monkeypatch):
+    """`quality.py --main_jobs_only`: each seed's main job is run again (here a stand-in records
+    what it was given) against the comparison report kept in quality.json; the comparison runs,
+    their summary and the main jobs of other seeds stay as they were."""
+    import importlib
+
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        quality = importlib.import_module("quality")
+    finally:
+        sys.path.pop(0)
+    with open(os.path.join(REPO, "benchmarks", "quality.json")) as f:
+        saved = json.load(f)
+    (tmp_path / "quality.json").write_text(json.dumps(saved))
+    calls = []
+
+    def fake_main_job(preset, seed, run_dir, comparison_report, previous=None):
+        calls.append((preset, seed, run_dir, comparison_report, previous))
+        return {"seed": seed, "wall_s": 1.0, "retimed": True}
+
+    monkeypatch.setattr(quality, "main_job", fake_main_job)
+    monkeypatch.setattr(quality, "main_job_text", lambda q: "")
+    monkeypatch.setattr(quality, "benchmarks_section", lambda q: "")
+    monkeypatch.setattr(quality, "readme_table", lambda q: "")
+    quality.main(
+        ["--main_jobs_only", "--main_job_seeds", "1", "--output", str(tmp_path), "--work", "W"]
+    )
+    written = json.loads((tmp_path / "quality.json").read_text())
+    assert [(c[1], c[2], c[4]) for c in calls] == [
+        (1, os.path.join("W", "default_main_seed1"), None)
+    ]
+    assert calls[0][3] == saved["reports"]["1"]
+    assert [j["seed"] for j in written["main_job"]] == sorted(j["seed"] for j in saved["main_job"])
+    for job in written["main_job"]:
+        expected = next(j for j in saved["main_job"] if j["seed"] == job["seed"])
+        assert job == (
+            {"seed": 1, "wall_s": 1.0, "retimed": True} if job["seed"] == 1 else expected
+        )
+    for key in ("runs", "summary", "reports", "train_flags", "date"):
+        assert written[key] == saved[key], key
+    assert "main_job_date" in written
+    with pytest.raises(SystemExit, match="no comparison report of seed 7"):
+        quality.main(["--main_jobs_only", "--main_job_seeds", "7", "--output", str(tmp_path)])

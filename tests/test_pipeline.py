@@ -130,3 +130,20 @@ def test_decode_cache_respects_its_budget_and_checks_its_shape(bench):
     wrong = np.zeros((len(train), 16, 16, 3), np.uint8)
     with pytest.raises(ValueError, match=r"decoded must be uint8 \["):
         pipeline.pk_dataset(train, 24, 4, 2, 5, decoded=wrong)
+
+
+def test_training_and_extraction_pipelines_run_without_the_autotuning_model(bench):
+    """Every dataset a fit or the features stage iterates has tf.data's autotuning model off:
+    its optimisation thread made the iterator's deletion after a fit wait 20-50 s."""
+    from flam_tf.stages.fits import feature_dataset
+
+    m, _ = bench
+    train = m.split("extractor_train")
+    datasets = [
+        pipeline.pk_dataset(train, 24, 4, 2, 5, seed=1)[0],
+        pipeline.labelled_dataset(train, train.label_matrix(), 24, 4),
+        pipeline.image_dataset(train, 24),
+        feature_dataset(np.zeros((40, 8), np.float32), None, 8, seed=0, passes=2)[0],
+    ]
+    for ds in datasets:
+        assert ds.options().autotune.enabled is False

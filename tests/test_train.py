@@ -571,9 +571,11 @@ def test_verify_images_refuses_a_gif_whose_frame_exceeds_the_limit_without_decod
         verify.verify_images(m, max_image_pixels=4096 * 4096)
 
 
-def test_a_model_file_that_cannot_be_loaded_names_itself_and_its_stage(smoke_run, tmp_path):
-    """A corrupt (or older-version) model file: one line naming it and the stage to re-run,
-    not Keras' "File not found" for a file that is there."""
+def test_a_model_file_that_cannot_be_loaded_names_itself_and_how_to_retrain_it(smoke_run, tmp_path):
+    """A corrupt (or older-version) model file: one line naming it and what to do, not Keras'
+    "File not found" for a file that is there; doing what the line says retrains that model
+    (a stage skips a model whose file exists, so `--force` alone would keep the broken file)."""
+    import shlex
     import shutil
 
     run_dir = str(tmp_path / "run")
@@ -584,4 +586,39 @@ def test_a_model_file_that_cannot_be_loaded_names_itself_and_its_stage(smoke_run
     result = _train(*SMOKE_FLAGS, f"--run_dir={run_dir}", "--stages=evaluate", "--force")
     line = _one_error_line(result, allow_log_lines=True)
     assert f"{model} cannot be loaded" in line, line
-    assert "retrain it with --stages=baselines --force" in line, line
+    advice = re.search(
+        r"to retrain it, remove (.+) and run python -m flam_tf.train (.+) with", line
+    )
+    assert advice, line
+    assert advice.group(1).split() == [model], line
+    flags = shlex.split(advice.group(2))
+    assert f"--run_dir={run_dir}" in flags and "--stages=baselines,evaluate" in flags, line
+    os.remove(model)
+    result = _train(*SMOKE_FLAGS, *flags, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(run_dir, "report.json")) as f:
+        assert "Cls-Concat (on x)" in json.load(f)["fam"]
+
+
+def test_retrain_advice_lists_what_was_trained_on_a_model(smoke_run, tmp_path):
+    """Each kind of model: the files to remove (those trained on it too, the pixel baseline's
+    features), the stages and the flag that trains it; a missing file is FileNotFoundError."""
+    import tensorflow as tf
+
+    from flam_tf import methods, stages
+    from flam_tf.run_directory import RunDirectory
+
+    run = RunDirectory(smoke_run[0])
+    ctx = stages.Context(None, run, tf.distribute.get_strategy())
+    flam = run.model_path("manipulator")
+    embedder = ctx.retrain_advice("embedder")
+    assert f"remove {run.model_path('embedder')} {flam} and run" in embedder, embedder
+    assert "--stages=embedders,manipulator,evaluate --force" in embedder, embedder
+    paper = methods.variant_model_name(methods.FLAM_PAPER)
+    assert "--evaluation_compare --stages=manipulator,evaluate" in ctx.retrain_advice(paper)
+    ablation = methods.variant_model_name(next(iter(methods.ABLATIONS)))
+    assert "--evaluation_ablations --stages=manipulator," in ctx.retrain_advice(ablation)
+    assert "--evaluation_compare --stages=baselines,evaluate" in ctx.retrain_advice("emb_concat")
+    assert "a fresh --run_dir" in ctx.retrain_advice("extractor")
+    with pytest.raises(FileNotFoundError, match=r"emb_concat.keras is missing; to retrain it"):
+        ctx.load_model("emb_concat")

@@ -13,12 +13,22 @@ import keras
 import tensorflow as tf
 
 from flam_tf import config as config_lib
-from flam_tf import distribute
+from flam_tf import distribute, methods
 from flam_tf.data import manifest as manifest_lib
 from flam_tf.epoch_backup import EpochBackup, merged_history, resume_epoch, seed_everything
 from flam_tf.run_directory import RunDirectory, write_json
 
-_STAGE_OF_MODEL = {"extractor": "extractor", "embedder": "embedders"}
+# The flag that trains each manipulator row ("" for FLAM, which every run trains).
+_MANIPULATOR_FLAGS = {
+    methods.variant_model_name(v): (
+        ""
+        if v == methods.FLAM
+        else " --evaluation_compare"
+        if v == methods.FLAM_PAPER
+        else " --evaluation_ablations"
+    )
+    for v in [methods.FLAM, *methods.PAPER_SWITCHES]
+}
 
 
 class Context:
@@ -63,21 +73,55 @@ class Context:
         """The run's trained model `name` (models/<name>.keras).
 
         Raises:
+            FileNotFoundError: the file is missing, naming it and how to retrain it.
             ValueError: the file cannot be loaded (corrupt, or saved by a version of flam_tf whose
-                layers held other weights), naming it and the stage that rewrites it.
+                layers held other weights), naming it and how to retrain it.
         """
         path = self.run.model_path(name)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} is missing; {self.retrain_advice(name)}")
         try:
             return keras.saving.load_model(path, compile=compile)
         except ValueError as e:
-            stage = _STAGE_OF_MODEL.get(name) or (
-                "manipulator" if name.startswith("manipulator") else "baselines"
-            )
             reason = " ".join(str(e).split())[:300]
             raise ValueError(
                 f"{path} cannot be loaded ({reason}); it may come from another version of "
-                f"flam_tf: retrain it with --stages={stage} --force"
+                f"flam_tf. {self.retrain_advice(name)}"
             ) from e
+
+    def retrain_advice(self, name: str) -> str:
+        """How to retrain the model `name` of this run, and what was trained on it.
+
+        The stages after `data` skip a model whose file exists (a resumed run keeps what it
+        finished), so `--force` alone does not replace a model: its file must go first. A model
+        other stages were trained on takes those with it."""
+        run, command = self.run, f"python -m flam_tf.train --run_dir={self.run.root}"
+        if name == "extractor":
+            return (
+                "every feature and model of the run was made from it: train a new run "
+                f"(a fresh --run_dir), or remove {run.path('models')} and {run.path('features')} "
+                f"and run {command} --stages=extractor,features,embedders,manipulator,"
+                "baselines,evaluate --force with the run's flags"
+            )
+        remove, flags = [run.model_path(name)], ""
+        if name == "embedder":
+            remove += [
+                run.model_path(methods.variant_model_name(v))
+                for v in [methods.FLAM, *methods.PAPER_SWITCHES]
+            ]
+            stages = "embedders,manipulator,evaluate"
+        elif name in _MANIPULATOR_FLAGS:
+            stages, flags = "manipulator,evaluate", _MANIPULATOR_FLAGS[name]
+        elif name in methods.PIXEL_BASELINES.values():
+            remove.append(run.pixel_features_path(name))
+            stages, flags = "baselines,evaluate", " --evaluation_compare"
+        else:
+            stages = "baselines,evaluate"
+        listed = " ".join(p for p in remove if p == remove[0] or os.path.exists(p))
+        return (
+            f"to retrain it, remove {listed} and run {command}{flags} --stages={stages} --force "
+            "with the run's flags"
+        )
 
     def exists(self, path: str) -> bool:
         """Whether `path` exists, as the chief sees it (the same answer on every task)."""

@@ -6,6 +6,7 @@ from typing import Dict, List
 import keras
 import tensorflow as tf
 
+from flam_tf.data import pipeline
 from flam_tf.stages.context import Context
 
 
@@ -50,7 +51,7 @@ def feature_dataset(
         .repeat()
     )
     return (
-        ds.skip(resume_epoch * group * steps).prefetch(tf.data.AUTOTUNE),
+        pipeline.without_autotune(ds.skip(resume_epoch * group * steps).prefetch(tf.data.AUTOTUNE)),
         passes // group,
         group * steps,
     )
