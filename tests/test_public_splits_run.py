@@ -273,8 +273,7 @@ def test_bad_input_is_one_error_naming_it(tmp_path):
         ),
         (  # the fixture's images sit in no category folder, and color/pattern codes are unnamed
             ([shopping], dict(run_dir="/r", image_dir="/i")),
-            "no query's target value has a project class the run trained on; name the values "
-            "with --class_table",
+            "no query's target value has a project class; name the values with --class_table",
         ),
         (
             ([shopping], dict(run_dir="/r", image_dir=str(tmp_path), value_table=str(values))),
@@ -398,3 +397,13 @@ def test_importing_the_scorer_claims_no_flag_of_the_main_job():
     from flam_tf import train  # noqa: F401  (defines --run_dir, --verbose, ...: must not clash)
 
     assert public_splits.FLAGS is train.FLAGS
+
+
+def test_no_scored_query_names_which_classes_were_missing(scored):
+    """Before the run is read a target needs a project class; after, a class the run trained
+    on: the error says which of the two was missing."""
+    split = scored["split"]
+    none = {t: np.full(int(split.target_value.max()) + 1, -1) for t in split.attribute_index}
+    for what in ("a project class", "a class the run trained on"):
+        with pytest.raises(ValueError, match=f"no query's target value has {what}; name the"):
+            public_splits._count_scored(split, none, "SPLIT", what)

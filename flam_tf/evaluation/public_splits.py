@@ -425,10 +425,11 @@ def run(
         raise ValueError(
             f"{split_dir}: its value indices have no published names; pass --value_table"
         )
-    _count_scored(split, value_classes, split_dir)
+    _count_scored(split, value_classes, split_dir, "a project class")
     image_paths(split, image_dir)  # before any work: a missing image is named (run files next)
     value_classes = restrict_to_trained(value_classes, run_dir)
-    print(f"queries with a target class (scored): {_count_scored(split, value_classes, split_dir)}")
+    scored = _count_scored(split, value_classes, split_dir, "a class the run trained on")
+    print(f"queries with a target class (scored): {scored}")
     gallery = extract_split_features(run_dir, split, image_dir)
     scores = score_run(run_dir, split, gallery, value_classes)
     for method, by_type in scores.items():
@@ -451,16 +452,17 @@ def run(
         print(f"Wrote {out}")
 
 
-def _count_scored(split, value_classes, split_dir) -> Dict[str, int]:
-    """Queries per type whose target has a class; ValueError when there is none at all."""
+def _count_scored(split, value_classes, split_dir, what: str) -> Dict[str, int]:
+    """Queries per type whose target has a class; ValueError when there is none at all (`what`:
+    which classes count, for the message: any project class, or those the run trained on)."""
     scored = {
         t: int(np.sum(value_classes[t][split.target_value[split.target_attribute == a]] >= 0))
         for t, a in split.attribute_index.items()
     }
     if not sum(scored.values()):
         raise ValueError(
-            f"{split_dir}: no query's target value has a project class the run trained on; name "
-            "the values with --class_table (Shopping100k codes) or --value_table"
+            f"{split_dir}: no query's target value has {what}; name the values with "
+            "--class_table (Shopping100k codes) or --value_table"
         )
     return scored
 
