@@ -613,7 +613,8 @@ def test_retrain_advice_lists_what_was_trained_on_a_model(smoke_run, tmp_path):
     flam = run.model_path("manipulator")
     embedder = ctx.retrain_advice("embedder")
     assert f"remove {run.model_path('embedder')} {flam} and run" in embedder, embedder
-    assert "--stages=embedders,manipulator,evaluate --force" in embedder, embedder
+    assert "--stages=embedders,manipulator,evaluate,export --force" in embedder, embedder
+    assert "--stages=manipulator,evaluate,export --force" in ctx.retrain_advice("manipulator")
     paper = methods.variant_model_name(methods.FLAM_PAPER)
     assert "--evaluation_compare --stages=manipulator,evaluate" in ctx.retrain_advice(paper)
     ablation = methods.variant_model_name(next(iter(methods.ABLATIONS)))

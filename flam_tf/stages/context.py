@@ -94,14 +94,15 @@ class Context:
 
         The stages after `data` skip a model whose file exists (a resumed run keeps what it
         finished), so `--force` alone does not replace a model: its file must go first. A model
-        other stages were trained on takes those with it."""
+        other stages were trained on takes those with it, and a served one (the extractor, the
+        embedder inside FLAM, FLAM) is exported again."""
         run, command = self.run, f"python -m flam_tf.train --run_dir={self.run.root}"
         if name == "extractor":
             return (
                 "every feature and model of the run was made from it: train a new run "
                 f"(a fresh --run_dir), or remove {run.path('models')} and {run.path('features')} "
                 f"and run {command} --stages=extractor,features,embedders,manipulator,"
-                "baselines,evaluate --force with the run's flags"
+                "baselines,evaluate,export --force with the run's flags"
             )
         remove, flags = [run.model_path(name)], ""
         if name == "embedder":
@@ -109,9 +110,11 @@ class Context:
                 run.model_path(methods.variant_model_name(v))
                 for v in [methods.FLAM, *methods.PAPER_SWITCHES]
             ]
-            stages = "embedders,manipulator,evaluate"
+            stages = "embedders,manipulator,evaluate,export"  # the served G holds it
         elif name in _MANIPULATOR_FLAGS:
             stages, flags = "manipulator,evaluate", _MANIPULATOR_FLAGS[name]
+            if name == methods.variant_model_name(methods.FLAM):
+                stages += ",export"  # the served manipulator
         elif name in methods.PIXEL_BASELINES.values():
             remove.append(run.pixel_features_path(name))
             stages, flags = "baselines,evaluate", " --evaluation_compare"
