@@ -306,7 +306,11 @@ def main_job_lines(quality: dict):
             ],
         ),
         "",
-        "Rows it reports: " + ", ".join(jobs[0]["methods"]) + ".",
+        "Rows it reports: "
+        + ", ".join(jobs[0]["methods"])
+        + ". Timed on "
+        + quality.get("main_job_date", quality["date"])
+        + ".",
         "",
     ]
 

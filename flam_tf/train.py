@@ -279,7 +279,9 @@ def print_summary(run_dir: str) -> None:
     print("=" * 72)
 
 
-MAX_MESSAGE_CHARS = 600  # an error line longer than this is cut in the middle
+# An error line longer than this is cut in the middle (a TensorFlow message can run to pages);
+# long enough for a message that names a few run files and the command that remakes them.
+MAX_MESSAGE_CHARS = 1200
 
 
 def one_line(error: BaseException) -> str:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from flam_tf.data import manifest as manifest_lib
 from flam_tf.data import pipeline, synthetic
@@ -145,5 +146,6 @@ def test_training_and_extraction_pipelines_run_without_the_autotuning_model(benc
         pipeline.image_dataset(train, 24),
         feature_dataset(np.zeros((40, 8), np.float32), None, 8, seed=0, passes=2)[0],
     ]
+    datasets.append(tf.data.Dataset.zip((datasets[0], datasets[1])))  # the extractor's input
     for ds in datasets:
         assert ds.options().autotune.enabled is False

@@ -587,14 +587,17 @@ def test_a_model_file_that_cannot_be_loaded_names_itself_and_how_to_retrain_it(s
     line = _one_error_line(result, allow_log_lines=True)
     assert f"{model} cannot be loaded" in line, line
     advice = re.search(
-        r"to retrain it, remove (.+) and run python -m flam_tf.train (.+) with", line
+        r"to train it again with the run's other flags, remove (.+) and run python -m "
+        r"flam_tf.train (.+)$",
+        line,
     )
     assert advice, line
-    assert advice.group(1).split() == [model], line
+    assert shlex.split(advice.group(1)) == [model], line
     flags = shlex.split(advice.group(2))
     assert f"--run_dir={run_dir}" in flags and "--stages=baselines,evaluate" in flags, line
+    assert "--noevaluation_compare" in flags and "--noevaluation_ablations" in flags, line
     os.remove(model)
-    result = _train(*SMOKE_FLAGS, *flags, timeout=300)
+    result = _train("--preset=smoke", *flags, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(os.path.join(run_dir, "report.json")) as f:
         assert "Cls-Concat (on x)" in json.load(f)["fam"]
@@ -602,24 +605,42 @@ def test_a_model_file_that_cannot_be_loaded_names_itself_and_how_to_retrain_it(s
 
 def test_retrain_advice_lists_what_was_trained_on_a_model(smoke_run, tmp_path):
     """Each kind of model: the files to remove (those trained on it too, the pixel baseline's
-    features), the stages and the flag that trains it; a missing file is FileNotFoundError."""
+    features; only files that exist), the stages, and the run's own comparison flags (a run
+    with the ablations only keeps exactly that); a missing file is FileNotFoundError."""
+    import dataclasses
+
     import tensorflow as tf
 
     from flam_tf import methods, stages
     from flam_tf.run_directory import RunDirectory
 
     run = RunDirectory(smoke_run[0])
-    ctx = stages.Context(None, run, tf.distribute.get_strategy())
+    smoke = config_lib.get_preset("smoke")  # as the shared smoke run: --noevaluation_compare
+    plain = dataclasses.replace(
+        smoke, evaluation=dataclasses.replace(smoke.evaluation, compare=False)
+    )
+    ctx = stages.Context(plain, run, tf.distribute.get_strategy())
     flam = run.model_path("manipulator")
     embedder = ctx.retrain_advice("embedder")
     assert f"remove {run.model_path('embedder')} {flam} and run" in embedder, embedder
-    assert "--stages=embedders,manipulator,evaluate,export --force" in embedder, embedder
+    assert (
+        "--noevaluation_compare --noevaluation_ablations "
+        "--stages=embedders,manipulator,evaluate,export --force" in embedder
+    ), embedder
     assert "--stages=manipulator,evaluate,export --force" in ctx.retrain_advice("manipulator")
+    extractor = ctx.retrain_advice("extractor")
+    for path in (run.features_path, run.fam_gallery_path, flam, run.model_path("embedder")):
+        assert f" {path} " in extractor, (path, extractor)
+    stages_run = "--stages=extractor,features,embedders,manipulator,baselines,evaluate,export"
+    assert stages_run in extractor, extractor
+    # emb_concat (pixel-trained) is not in the smoke run: nothing to remove, only the command.
+    assert "other flags, run python -m flam_tf.train" in ctx.retrain_advice("emb_concat")
+    ablations_only = dataclasses.replace(
+        plain, evaluation=dataclasses.replace(plain.evaluation, ablations=True)
+    )
     paper = methods.variant_model_name(methods.FLAM_PAPER)
-    assert "--evaluation_compare --stages=manipulator,evaluate" in ctx.retrain_advice(paper)
-    ablation = methods.variant_model_name(next(iter(methods.ABLATIONS)))
-    assert "--evaluation_ablations --stages=manipulator," in ctx.retrain_advice(ablation)
-    assert "--evaluation_compare --stages=baselines,evaluate" in ctx.retrain_advice("emb_concat")
-    assert "a fresh --run_dir" in ctx.retrain_advice("extractor")
-    with pytest.raises(FileNotFoundError, match=r"emb_concat.keras is missing; to retrain it"):
+    advice = stages.Context(ablations_only, run, tf.distribute.get_strategy()).retrain_advice(paper)
+    expected = "--noevaluation_compare --evaluation_ablations --stages=manipulator,evaluate --force"
+    assert expected in advice, advice
+    with pytest.raises(FileNotFoundError, match=r"emb_concat.keras is missing; to train it again"):
         ctx.load_model("emb_concat")

@@ -31,14 +31,14 @@ _HEADER_BYTES = 32
 
 
 def without_autotune(ds: tf.data.Dataset) -> tf.data.Dataset:
-    """`ds` with tf.data's autotuning model switched off: its map calls run on as many threads
-    as there are cores, its prefetch buffers size themselves, and the elements are the same.
+    """`ds` with tf.data's autotuning model switched off: AUTOTUNE map parallelism and prefetch
+    buffers take TensorFlow's fixed defaults instead of tuned values; the elements are the same.
 
     Why: the model's optimisation thread waits between passes for a period that doubles up to
     60 s, and deleting the iterator at the end of a Keras `fit` often waited for that thread
-    (4 of 5 default runs: 20-50 s after the extractor's or the manipulator's last epoch, in which
-    nothing ran). Without the model there is no such thread; the pipelines' throughput did not
-    change.
+    (8 of 13 default runs observed: 10-50 s after the last epoch of the extractor's, the
+    manipulator's or a baseline's fit, in which nothing ran). Without the model there is no
+    such thread; the extractor's input pipeline is as fast either way.
     """
     options = tf.data.Options()
     options.autotune.enabled = False

@@ -127,7 +127,7 @@ def _undecodable(
 
     ds = tf.data.Dataset.from_tensor_slices((np.asarray(rows, np.int64), images[list(rows)]))
     ds = ds.map(decodes, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-    ds = ds.ignore_errors().batch(4096)
+    ds = pipeline.without_autotune(ds.ignore_errors().batch(4096))
     decoded = set()
     for i, _ in ds.as_numpy_iterator():
         decoded.update(i.tolist())

@@ -7,6 +7,7 @@ worker its scratch folder, and reads the decisions the chief took through `Conte
 """
 
 import os
+import shlex
 from typing import Dict, List, Optional
 
 import keras
@@ -18,17 +19,10 @@ from flam_tf.data import manifest as manifest_lib
 from flam_tf.epoch_backup import EpochBackup, merged_history, resume_epoch, seed_everything
 from flam_tf.run_directory import RunDirectory, write_json
 
-# The flag that trains each manipulator row ("" for FLAM, which every run trains).
-_MANIPULATOR_FLAGS = {
-    methods.variant_model_name(v): (
-        ""
-        if v == methods.FLAM
-        else " --evaluation_compare"
-        if v == methods.FLAM_PAPER
-        else " --evaluation_ablations"
-    )
-    for v in [methods.FLAM, *methods.PAPER_SWITCHES]
-}
+# Every manipulator row's model file stem, FLAM's first.
+_MANIPULATOR_STEMS = tuple(
+    methods.variant_model_name(v) for v in (methods.FLAM, *methods.PAPER_SWITCHES)
+)
 
 
 class Context:
@@ -83,47 +77,52 @@ class Context:
         try:
             return keras.saving.load_model(path, compile=compile)
         except ValueError as e:
-            reason = " ".join(str(e).split())[:300]
+            # Keras names the file again (and calls it "not found" when it is no zip file).
+            reason = " ".join(str(e).replace(path, "it").split())[:160]
             raise ValueError(
                 f"{path} cannot be loaded ({reason}); it may come from another version of "
-                f"flam_tf. {self.retrain_advice(name)}"
+                f"flam_tf; {self.retrain_advice(name)}"
             ) from e
 
     def retrain_advice(self, name: str) -> str:
-        """How to retrain the model `name` of this run, and what was trained on it.
+        """How to (re)train the model `name` of this run, and what was trained on it.
 
-        The stages after `data` skip a model whose file exists (a resumed run keeps what it
-        finished), so `--force` alone does not replace a model: its file must go first. A model
-        other stages were trained on takes those with it, and a served one (the extractor, the
-        embedder inside FLAM, FLAM) is exported again."""
-        run, command = self.run, f"python -m flam_tf.train --run_dir={self.run.root}"
+        The manipulator and baselines stages skip a model (or a pixel baseline's features file)
+        that exists, so that a resumed run keeps what it finished: `--force` alone does not
+        replace those, their files must go first. A model other stages were trained on takes
+        those with it; a served one (the extractor, the embedder inside FLAM, FLAM) is exported
+        again. The command repeats the run's comparison flags, which may be dropped or added on
+        a finished run (config.json would silently change, and the report lose or gain rows)."""
+        run = self.run
+        evaluation = self.config.evaluation
+        flags = "".join(
+            f" --{'' if on else 'no'}evaluation_{what}"
+            for what, on in (("compare", evaluation.compare), ("ablations", evaluation.ablations))
+        )
+        command = f"python -m flam_tf.train --run_dir={shlex.quote(run.root)}{flags}"
         if name == "extractor":
-            return (
-                "every feature and model of the run was made from it: train a new run "
-                f"(a fresh --run_dir), or remove {run.path('models')} and {run.path('features')} "
-                f"and run {command} --stages=extractor,features,embedders,manipulator,"
-                "baselines,evaluate,export --force with the run's flags"
-            )
-        remove, flags = [run.model_path(name)], ""
-        if name == "embedder":
-            remove += [
-                run.model_path(methods.variant_model_name(v))
-                for v in [methods.FLAM, *methods.PAPER_SWITCHES]
+            remove = [run.model_path(name), run.features_path, run.fam_gallery_path] + [
+                run.model_path(stem)
+                for stem in ("embedder", *_MANIPULATOR_STEMS, *methods.FEATURE_BASELINES.values())
             ]
-            stages = "embedders,manipulator,evaluate,export"  # the served G holds it
-        elif name in _MANIPULATOR_FLAGS:
-            stages, flags = "manipulator,evaluate", _MANIPULATOR_FLAGS[name]
-            if name == methods.variant_model_name(methods.FLAM):
-                stages += ",export"  # the served manipulator
+            stages = "extractor,features,embedders,manipulator,baselines,evaluate,export"
+        elif name == "embedder":
+            remove = [run.model_path(stem) for stem in (name, *_MANIPULATOR_STEMS)]
+            stages = "embedders,manipulator,evaluate,export"
+        elif name in _MANIPULATOR_STEMS:
+            remove = [run.model_path(name)]
+            stages = "manipulator,evaluate" + (",export" if name == _MANIPULATOR_STEMS[0] else "")
         elif name in methods.PIXEL_BASELINES.values():
-            remove.append(run.pixel_features_path(name))
-            stages, flags = "baselines,evaluate", " --evaluation_compare"
-        else:
+            remove = [run.model_path(name), run.pixel_features_path(name)]
             stages = "baselines,evaluate"
-        listed = " ".join(p for p in remove if p == remove[0] or os.path.exists(p))
+        else:
+            remove = [run.model_path(name)]
+            stages = "baselines,evaluate"
+        listed = [path for path in remove if os.path.exists(path)]
+        step = f"remove {' '.join(shlex.quote(p) for p in listed)} and run" if listed else "run"
         return (
-            f"to retrain it, remove {listed} and run {command}{flags} --stages={stages} --force "
-            "with the run's flags"
+            f"to train it again with the run's other flags, {step} {command} "
+            f"--stages={stages} --force"
         )
 
     def exists(self, path: str) -> bool:
