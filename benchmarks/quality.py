@@ -339,6 +339,14 @@ def ablation_lines(summary: dict):
     ]
 
 
+def write_quality(json_path: str, quality: dict) -> None:
+    """Writes quality.json atomically (a temp file, then os.replace): a kill leaves the old one."""
+    tmp = json_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(quality, f, indent=1)
+    os.replace(tmp, json_path)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="default")
@@ -408,10 +416,7 @@ def main(argv=None):
         quality["main_job_date"] = datetime.datetime.now(datetime.timezone.utc).strftime(
             "%Y-%m-%d %H:%M UTC"
         )
-        tmp = json_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(quality, f, indent=1)
-        os.replace(tmp, json_path)
+        write_quality(json_path, quality)
         print(f"wrote {json_path}")
     else:
         previous, previous_main, note = {}, {}, None
@@ -458,15 +463,11 @@ def main(argv=None):
             "reports": {str(r["seed"]): r["report"] for r in runs},
             **({"note": note} if note else {}),
         }
-        tmp = json_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(quality, f, indent=1)
-        os.replace(tmp, json_path)
+        write_quality(json_path, quality)
         print(f"wrote {json_path}")
     if args.note is not None:
         quality["note"] = args.note
-        with open(json_path, "w") as f:
-            json.dump(quality, f, indent=1)
+        write_quality(json_path, quality)
     section = benchmarks_section(quality)
     if in_repo:
         replace_between_markers(

@@ -29,6 +29,8 @@ MAX_IMAGE_PIXELS = 4096 * 4096
 
 _HEADER_BYTES = 32
 
+_GIF_STEPS = 16  # GIF blocks / data sub-blocks walked per tf.while_loop iteration
+
 
 def without_autotune(ds: tf.data.Dataset) -> tf.data.Dataset:
     """`ds` with tf.data's autotuning model switched off: AUTOTUNE map parallelism and prefetch
@@ -43,9 +45,6 @@ def without_autotune(ds: tf.data.Dataset) -> tf.data.Dataset:
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.with_options(options)
-
-
-_GIF_STEPS = 16  # GIF blocks / data sub-blocks walked per tf.while_loop iteration
 
 
 def _header_uint(head: tf.Tensor, start: int, size: int, little_endian: bool) -> tf.Tensor:
